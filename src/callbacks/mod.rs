@@ -1,0 +1,1 @@
+//! The callback HTTP server: token signing and verification, router, handlers, errors.

@@ -1,0 +1,1 @@
+//! Kafka: the launch consumer with ordered offset tracking, the producer, the run-state view.
