@@ -1,0 +1,502 @@
+//! Launch requests: decoding a Kafka record into a [`LaunchRequest`], and the validation that
+//! decides, before anything is sent to the API, whether it goes to the dead-letter topic.
+
+use chrono::DateTime;
+use croner::parser::{CronParser, Seconds};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Longest accepted `request_id`: it is a Kafka key and part of every callback URL.
+pub const MAX_REQUEST_ID_LEN: usize = 200;
+
+/// How a request is run by Captain Data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Async,
+    Schedule,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Async => "async",
+            Mode::Schedule => "schedule",
+        }
+    }
+}
+
+/// When a schedule-mode request fires.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub cron: Option<String>,
+    pub schedule_at: Option<String>,
+    pub timezone: Option<String>,
+}
+
+/// A validated launch request, ready to be submitted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchRequest {
+    pub request_id: String,
+    pub action: String,
+    pub mode: Mode,
+    pub inputs: Vec<Value>,
+    pub parameters: Option<Value>,
+    pub identity_ids: Option<Vec<String>>,
+    pub identity_mode: Option<String>,
+    pub schedule: Option<Schedule>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Why a record was rejected: a stable class (dead-letter header `captain.error.class`) and a
+/// message for humans naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub class: RejectClass,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectClass {
+    /// The value is not JSON (or empty).
+    NotJson,
+    /// JSON, but not the LaunchRequest shape: missing or unknown field, wrong type.
+    InvalidShape,
+    /// `inputs` is empty.
+    EmptyInputs,
+    /// `mode` is neither `async` nor `schedule`.
+    UnknownMode,
+    /// `schedule.cron`, `schedule.schedule_at` or `schedule.timezone` is not valid.
+    InvalidSchedule,
+    /// A field has a value the API would refuse (action slug, request_id, identity_mode).
+    InvalidValue,
+}
+
+impl RejectClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectClass::NotJson => "not_json",
+            RejectClass::InvalidShape => "invalid_shape",
+            RejectClass::EmptyInputs => "empty_inputs",
+            RejectClass::UnknownMode => "unknown_mode",
+            RejectClass::InvalidSchedule => "invalid_schedule",
+            RejectClass::InvalidValue => "invalid_value",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class.as_str(), self.message)
+    }
+}
+
+fn reject(class: RejectClass, message: impl Into<String>) -> Rejection {
+    Rejection {
+        class,
+        message: message.into(),
+    }
+}
+
+/// The wire shape; unknown fields are refused so that a producer's typo (`input` for
+/// `inputs`) is reported instead of silently ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireRequest {
+    request_id: Option<String>,
+    action: String,
+    #[serde(default)]
+    mode: Option<String>,
+    inputs: Vec<Value>,
+    parameters: Option<Value>,
+    identity_ids: Option<Vec<String>>,
+    identity_mode: Option<String>,
+    schedule: Option<Schedule>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+/// Best-effort `request_id` and `metadata` of a record that failed validation, so that its
+/// `REJECTED` status event is keyed and labelled like the rest of the request's story.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RejectedContext {
+    pub request_id: Option<String>,
+    pub action: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl RejectedContext {
+    pub fn from_bytes(payload: &[u8]) -> Self {
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(payload) else {
+            return Self::default();
+        };
+        let text = |key: &str| {
+            map.get(key)
+                .and_then(Value::as_str)
+                .filter(|s| valid_request_id(s))
+                .map(str::to_owned)
+        };
+        let metadata = map
+            .get("metadata")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            request_id: text("request_id"),
+            action: text("action"),
+            metadata,
+        }
+    }
+}
+
+fn valid_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && !id.chars().any(|c| c.is_control())
+}
+
+fn valid_action_slug(action: &str) -> bool {
+    !action.is_empty()
+        && action.len() <= 128
+        && action
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Decodes and validates a JSON launch request. `fallback_id` becomes the request_id when the
+/// record carries none (derived from topic/partition/offset so redelivery maps to the same id).
+pub fn parse_json(payload: &[u8], fallback_id: &str) -> Result<LaunchRequest, Rejection> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Err(reject(RejectClass::NotJson, "the record has no value"));
+    }
+    let value: Value = serde_json::from_slice(payload)
+        .map_err(|e| reject(RejectClass::NotJson, format!("value is not JSON: {e}")))?;
+    from_value(value, fallback_id)
+}
+
+/// Validates an already-decoded request (JSON or Avro decode into the same value shape).
+pub fn from_value(value: Value, fallback_id: &str) -> Result<LaunchRequest, Rejection> {
+    if !value.is_object() {
+        return Err(reject(
+            RejectClass::InvalidShape,
+            "a launch request must be a JSON object",
+        ));
+    }
+    let wire: WireRequest = serde_json::from_value(value)
+        .map_err(|e| reject(RejectClass::InvalidShape, e.to_string()))?;
+    validate(wire, fallback_id)
+}
+
+fn validate(wire: WireRequest, fallback_id: &str) -> Result<LaunchRequest, Rejection> {
+    let request_id = match wire.request_id {
+        Some(id) if !valid_request_id(&id) => return Err(reject(
+            RejectClass::InvalidValue,
+            format!(
+                "request_id must be 1..={MAX_REQUEST_ID_LEN} characters without control characters"
+            ),
+        )),
+        Some(id) => id,
+        None => fallback_id.to_owned(),
+    };
+    if !valid_action_slug(&wire.action) {
+        return Err(reject(
+            RejectClass::InvalidValue,
+            format!(
+                "action {:?} is not an action slug (lowercase letters, digits and '-')",
+                wire.action
+            ),
+        ));
+    }
+    let mode = match wire.mode.as_deref() {
+        None | Some("async") => Mode::Async,
+        Some("schedule") => Mode::Schedule,
+        Some(other) => {
+            return Err(reject(
+                RejectClass::UnknownMode,
+                format!("mode {other:?} is not one of \"async\", \"schedule\""),
+            ))
+        }
+    };
+    if wire.inputs.is_empty() {
+        return Err(reject(
+            RejectClass::EmptyInputs,
+            "inputs must hold at least one input",
+        ));
+    }
+    if let Some(i) = wire.inputs.iter().position(|v| !v.is_object()) {
+        return Err(reject(
+            RejectClass::InvalidShape,
+            format!("inputs[{i}] must be an object"),
+        ));
+    }
+    if let Some(p) = &wire.parameters {
+        if !p.is_object() {
+            return Err(reject(
+                RejectClass::InvalidShape,
+                "parameters must be an object",
+            ));
+        }
+    }
+    if let Some(m) = &wire.identity_mode {
+        if !matches!(m.as_str(), "direct" | "auto" | "managed") {
+            return Err(reject(
+                RejectClass::InvalidValue,
+                format!("identity_mode {m:?} is not one of \"direct\", \"auto\", \"managed\""),
+            ));
+        }
+    }
+    let schedule = match (mode, wire.schedule) {
+        (Mode::Schedule, None) => {
+            return Err(reject(
+                RejectClass::InvalidSchedule,
+                "mode \"schedule\" needs a schedule with cron or schedule_at",
+            ))
+        }
+        (Mode::Schedule, Some(s)) => Some(validate_schedule(s)?),
+        (Mode::Async, Some(_)) => {
+            return Err(reject(
+                RejectClass::InvalidSchedule,
+                "schedule is only allowed with mode \"schedule\"",
+            ))
+        }
+        (Mode::Async, None) => None,
+    };
+    Ok(LaunchRequest {
+        request_id,
+        action: wire.action,
+        mode,
+        inputs: wire.inputs,
+        parameters: wire.parameters,
+        identity_ids: wire.identity_ids,
+        identity_mode: wire.identity_mode,
+        schedule,
+        metadata: wire.metadata,
+    })
+}
+
+fn validate_schedule(s: Schedule) -> Result<Schedule, Rejection> {
+    if s.cron.is_none() && s.schedule_at.is_none() {
+        return Err(reject(
+            RejectClass::InvalidSchedule,
+            "schedule needs cron or schedule_at",
+        ));
+    }
+    if let Some(cron) = &s.cron {
+        // The API takes POSIX 5-field expressions only; a seconds field would be refused there.
+        let parser = CronParser::builder().seconds(Seconds::Disallowed).build();
+        if cron.is_empty() || cron.len() > 256 {
+            return Err(reject(
+                RejectClass::InvalidSchedule,
+                "schedule.cron must be 1..=256 characters",
+            ));
+        }
+        parser.parse(cron).map_err(|e| {
+            reject(
+                RejectClass::InvalidSchedule,
+                format!("schedule.cron {cron:?} is not a 5-field cron expression: {e}"),
+            )
+        })?;
+    }
+    if let Some(at) = &s.schedule_at {
+        DateTime::parse_from_rfc3339(at).map_err(|e| {
+            reject(
+                RejectClass::InvalidSchedule,
+                format!("schedule.schedule_at {at:?} is not an RFC 3339 date-time: {e}"),
+            )
+        })?;
+    }
+    if let Some(tz) = &s.timezone {
+        tz.parse::<chrono_tz::Tz>().map_err(|_| {
+            reject(
+                RejectClass::InvalidSchedule,
+                format!("schedule.timezone {tz:?} is not an IANA time zone"),
+            )
+        })?;
+    }
+    Ok(s)
+}
+
+/// Splits inputs into chunks of at most `max` (the API's per-run limit for the mode).
+pub fn chunk_inputs(inputs: &[Value], max: usize) -> Vec<&[Value]> {
+    inputs.chunks(max.max(1)).collect()
+}
+
+/// The request_id of a record that has none: stable across redeliveries of the same record.
+pub fn derived_request_id(topic: &str, partition: i32, offset: i64) -> String {
+    format!("{topic}-{partition}-{offset}")
+}
+
+/// `metadata` must be a string map; used by callers building records from raw JSON.
+pub fn string_map(map: &Map<String, Value>) -> BTreeMap<String, String> {
+    map.iter()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<LaunchRequest, Rejection> {
+        parse_json(v.to_string().as_bytes(), "t-0-7")
+    }
+
+    fn class_of(v: Value) -> RejectClass {
+        match parse(v) {
+            Err(r) => r.class,
+            Ok(r) => panic!("accepted {r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_request_defaults_to_async_with_a_derived_request_id() {
+        let r = parse(
+            json!({"action": "linkedin-extract-people", "inputs": [{"linkedin_profile_url": "u"}]}),
+        )
+        .unwrap();
+        assert_eq!(r.mode, Mode::Async);
+        assert_eq!(r.request_id, "t-0-7");
+    }
+
+    #[test]
+    fn a_full_schedule_request_is_accepted() {
+        let r = parse(json!({
+            "request_id": "r1", "action": "linkedin-extract-people", "mode": "schedule",
+            "inputs": [{"linkedin_profile_url": "u", "custom_data": {"crm": "1"}}],
+            "parameters": {"skills": true}, "identity_mode": "managed",
+            "schedule": {"cron": "*/5 * * * *", "timezone": "Europe/Paris"},
+            "metadata": {"team": "growth"}
+        }))
+        .unwrap();
+        assert_eq!(r.mode, Mode::Schedule);
+        assert_eq!(r.metadata.get("team").map(String::as_str), Some("growth"));
+    }
+
+    #[test]
+    fn a_value_that_is_not_json_is_rejected_as_not_json() {
+        let r = parse_json(b"{nope", "x").unwrap_err();
+        assert_eq!(r.class, RejectClass::NotJson);
+        assert_eq!(
+            parse_json(b"", "x").unwrap_err().class,
+            RejectClass::NotJson
+        );
+    }
+
+    #[test]
+    fn a_missing_action_is_rejected_naming_the_field() {
+        let r = parse(json!({"inputs": [{}]})).unwrap_err();
+        assert_eq!(r.class, RejectClass::InvalidShape);
+        assert!(r.message.contains("action"), "{}", r.message);
+    }
+
+    #[test]
+    fn empty_inputs_are_rejected() {
+        assert_eq!(
+            class_of(json!({"action": "a", "inputs": []})),
+            RejectClass::EmptyInputs
+        );
+    }
+
+    #[test]
+    fn an_unknown_mode_is_rejected() {
+        assert_eq!(
+            class_of(json!({"action": "a", "inputs": [{}], "mode": "live"})),
+            RejectClass::UnknownMode
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_rejected_as_invalid_shape() {
+        assert_eq!(
+            class_of(json!({"action": 3, "inputs": [{}]})),
+            RejectClass::InvalidShape
+        );
+        assert_eq!(
+            class_of(json!({"action": "a", "inputs": "x"})),
+            RejectClass::InvalidShape
+        );
+        assert_eq!(
+            class_of(json!({"action": "a", "inputs": [1]})),
+            RejectClass::InvalidShape
+        );
+        assert_eq!(
+            class_of(json!({"action": "a", "inputs": [{}], "metadata": {"k": 1}})),
+            RejectClass::InvalidShape
+        );
+        assert_eq!(class_of(json!([1, 2])), RejectClass::InvalidShape);
+    }
+
+    #[test]
+    fn an_unknown_field_is_rejected_instead_of_ignored() {
+        let r = parse(json!({"action": "a", "input": [{}], "inputs": [{}]})).unwrap_err();
+        assert_eq!(r.class, RejectClass::InvalidShape);
+        assert!(r.message.contains("input"), "{}", r.message);
+    }
+
+    #[test]
+    fn a_bad_cron_is_rejected() {
+        let bad = |cron: &str| {
+            class_of(
+                json!({"action": "a", "inputs": [{}], "mode": "schedule", "schedule": {"cron": cron}}),
+            )
+        };
+        assert_eq!(bad("every monday"), RejectClass::InvalidSchedule);
+        assert_eq!(bad("0 0 8 * * 1"), RejectClass::InvalidSchedule, "6 fields");
+        assert_eq!(bad("61 * * * *"), RejectClass::InvalidSchedule);
+    }
+
+    #[test]
+    fn schedule_mode_needs_cron_or_schedule_at_and_a_real_timezone() {
+        let s = |schedule: Value| {
+            class_of(
+                json!({"action": "a", "inputs": [{}], "mode": "schedule", "schedule": schedule}),
+            )
+        };
+        assert_eq!(s(json!({})), RejectClass::InvalidSchedule);
+        assert_eq!(
+            s(json!({"cron": "0 8 * * 1", "timezone": "Mars/Olympus"})),
+            RejectClass::InvalidSchedule
+        );
+        assert_eq!(
+            s(json!({"schedule_at": "tomorrow"})),
+            RejectClass::InvalidSchedule
+        );
+        assert_eq!(
+            class_of(json!({"action": "a", "inputs": [{}], "mode": "schedule"})),
+            RejectClass::InvalidSchedule
+        );
+    }
+
+    #[test]
+    fn an_action_that_is_not_a_slug_is_rejected() {
+        assert_eq!(
+            class_of(json!({"action": "../runs", "inputs": [{}]})),
+            RejectClass::InvalidValue
+        );
+    }
+
+    #[test]
+    fn inputs_above_the_limit_become_several_chunks() {
+        let inputs: Vec<Value> = (0..250).map(|i| json!({"i": i})).collect();
+        let chunks = chunk_inputs(&inputs, 100);
+        assert_eq!(
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            vec![100, 100, 50]
+        );
+    }
+
+    #[test]
+    fn a_rejected_record_keeps_its_request_id_and_metadata_when_readable() {
+        let ctx = RejectedContext::from_bytes(
+            br#"{"request_id": "r9", "inputs": [], "metadata": {"a": "b"}}"#,
+        );
+        assert_eq!(ctx.request_id.as_deref(), Some("r9"));
+        assert_eq!(ctx.metadata.get("a").map(String::as_str), Some("b"));
+    }
+}
