@@ -4,6 +4,7 @@
 
 pub mod callbacks;
 pub mod captain;
+pub mod config;
 pub mod domain;
 pub mod kafka;
 pub mod metrics;

@@ -1,0 +1,603 @@
+//! Typed settings: one TOML or YAML file, every key defaulted, overridden by environment
+//! variables (`CAPTAIN_BRIDGE_<SECTION>__<KEY>`); secrets only from the environment or from
+//! files named in the config, wrapped so they never print. Errors name the offending key.
+
+use figment::providers::{Env, Format, Serialized, Toml, Yaml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prefix of every environment override, e.g. `CAPTAIN_BRIDGE_KAFKA__BOOTSTRAP_SERVERS`.
+pub const ENV_PREFIX: &str = "CAPTAIN_BRIDGE_";
+/// The Captain Data API key.
+pub const ENV_API_KEY: &str = "CAPTAIN_BRIDGE_API_KEY";
+/// Callback token keys, `kid:base64secret[,kid:base64secret...]`.
+pub const ENV_CALLBACK_KEYS: &str = "CAPTAIN_BRIDGE_CALLBACK_KEYS";
+/// Optional shared secret sent in `callback.headers` and checked on every callback.
+pub const ENV_CALLBACK_HEADER_SECRET: &str = "CAPTAIN_BRIDGE_CALLBACK_HEADER_SECRET";
+
+const SECRET_ENVS: [&str; 3] = [ENV_API_KEY, ENV_CALLBACK_KEYS, ENV_CALLBACK_HEADER_SECRET];
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("{0}")]
+    Parse(String),
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Everything the bridge is configured with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub captain: CaptainSettings,
+    pub callbacks: CallbackSettings,
+    pub ops: OpsSettings,
+    pub launch: LaunchSettings,
+    pub shutdown: ShutdownSettings,
+    pub log: LogSettings,
+    /// Secrets, read from the environment or files, never from the config file itself.
+    #[serde(skip)]
+    pub secrets: Secrets,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Consumer group of the launch consumer; every instance of one deployment shares it.
+    pub group_id: String,
+    pub client_id: String,
+    pub topics: TopicSettings,
+    /// Create missing topics at start-up (the runs topic compacted).
+    pub create_topics: bool,
+    /// Partitions and replication of topics the bridge creates.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// How long the producer tries to deliver a record before reporting failure.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Extra librdkafka properties for every client (e.g. `security.protocol`).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "captain-bridge".into(),
+            client_id: "captain-bridge".into(),
+            topics: TopicSettings::default(),
+            create_topics: true,
+            partitions: 6,
+            replication_factor: 1,
+            delivery_timeout: Duration::from_secs(30),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicSettings {
+    pub launch_requests: String,
+    pub run_status: String,
+    pub run_results: String,
+    pub dead_letter: String,
+    pub runs: String,
+    pub control: String,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        Self {
+            launch_requests: "captain.launch-requests".into(),
+            run_status: "captain.run-status".into(),
+            run_results: "captain.run-results".into(),
+            dead_letter: "captain.dead-letter".into(),
+            runs: "captain.runs".into(),
+            control: "captain.control".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptainSettings {
+    /// API base including the version, e.g. `https://api.captaindata.com/v4`.
+    pub base_url: String,
+    /// File holding the API key (alternative to `CAPTAIN_BRIDGE_API_KEY`).
+    pub api_key_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Attempts per API call for 5xx, timeouts and connection errors.
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Longest total wait on 429 answers for one call before it fails.
+    #[serde(with = "humantime_serde")]
+    pub max_rate_limit_wait: Duration,
+    /// Inputs per async run (the API allows 100,000).
+    pub async_max_inputs: usize,
+    /// Inputs per schedule (the API allows 100).
+    pub schedule_max_inputs: usize,
+}
+
+impl Default for CaptainSettings {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.captaindata.com/v4".into(),
+            api_key_file: None,
+            request_timeout: Duration::from_secs(30),
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            max_rate_limit_wait: Duration::from_secs(600),
+            async_max_inputs: 100_000,
+            schedule_max_inputs: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbackSettings {
+    /// Where the callback endpoint listens.
+    pub listen: SocketAddr,
+    /// How Captain Data reaches this endpoint (behind the load balancer), without `/callbacks`.
+    pub public_base_url: String,
+    /// Key id (from the callback keys) that signs new tokens; the others only verify.
+    pub signing_key_id: String,
+    /// File holding callback keys (alternative to `CAPTAIN_BRIDGE_CALLBACK_KEYS`).
+    pub keys_file: Option<PathBuf>,
+    /// File holding the header secret (alternative to `CAPTAIN_BRIDGE_CALLBACK_HEADER_SECRET`).
+    pub header_secret_file: Option<PathBuf>,
+    /// Header carrying the header secret on callbacks.
+    pub header_name: String,
+    /// Bodies above this are refused with 413 before being buffered.
+    pub max_body_bytes: usize,
+    /// How long a callback waits for Kafka's acknowledgement before answering 503.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Batches remembered per run for duplicate detection.
+    pub dedupe_window: usize,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            public_base_url: "http://127.0.0.1:8080".into(),
+            signing_key_id: "k1".into(),
+            keys_file: None,
+            header_secret_file: None,
+            header_name: "x-captain-bridge-secret".into(),
+            max_body_bytes: 8 * 1024 * 1024,
+            ack_timeout: Duration::from_secs(10),
+            dedupe_window: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsSettings {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for OpsSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LaunchSettings {
+    /// Launch requests processed at once per instance; beyond it partitions are paused.
+    pub max_in_flight: usize,
+}
+
+impl Default for LaunchSettings {
+    fn default() -> Self {
+        Self { max_in_flight: 64 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long in-flight launch requests may take to finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `json` (production) or `text`.
+    pub format: String,
+    /// A tracing filter, e.g. `info,captain_bridge=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// Secrets, each from its environment variable or from the file named in the config.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    pub api_key: Option<SecretString>,
+    pub callback_keys: Option<SecretString>,
+    pub callback_header_secret: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |s: &Option<SecretString>| if s.is_some() { "[set]" } else { "[unset]" };
+        f.debug_struct("Secrets")
+            .field("api_key", &shown(&self.api_key))
+            .field("callback_keys", &shown(&self.callback_keys))
+            .field(
+                "callback_header_secret",
+                &shown(&self.callback_header_secret),
+            )
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then the file (if any), then environment overrides, then secrets, and
+    /// validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Settings::load`], with the environment given as a lookup (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} does not exist", path.display()),
+                ));
+            }
+            figment = match path.extension().and_then(|e| e.to_str()) {
+                Some("yaml" | "yml") => figment.merge(Yaml::file_exact(path)),
+                _ => figment.merge(Toml::file_exact(path)),
+            };
+        }
+        // Secrets must never sit in the config file, where they end up in git.
+        for key in [
+            "captain.api_key",
+            "callbacks.keys",
+            "callbacks.header_secret",
+        ] {
+            if figment.find_value(key).is_ok() {
+                return Err(invalid(
+                    key,
+                    "secrets are not read from the config file; use the environment \
+                     variable or the *_file key (see README, Configuration)",
+                ));
+            }
+        }
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(|k| {
+                    !SECRET_ENVS
+                        .iter()
+                        .any(|s| s[ENV_PREFIX.len()..].eq_ignore_ascii_case(k.as_str()))
+                })
+                .split("__"),
+        );
+        let mut settings: Settings = figment.extract().map_err(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() {
+                ConfigError::Parse(e.to_string())
+            } else {
+                invalid(&key, e.kind.to_string())
+            }
+        })?;
+        settings.secrets = Secrets {
+            api_key: secret(
+                &env,
+                ENV_API_KEY,
+                settings.captain.api_key_file.as_deref(),
+                "captain.api_key_file",
+            )?,
+            callback_keys: secret(
+                &env,
+                ENV_CALLBACK_KEYS,
+                settings.callbacks.keys_file.as_deref(),
+                "callbacks.keys_file",
+            )?,
+            callback_header_secret: secret(
+                &env,
+                ENV_CALLBACK_HEADER_SECRET,
+                settings.callbacks.header_secret_file.as_deref(),
+                "callbacks.header_secret_file",
+            )?,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot: required secrets, URLs, ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid("kafka.bootstrap_servers", "must not be empty"));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        let t = &self.kafka.topics;
+        for (key, name) in [
+            ("kafka.topics.launch_requests", &t.launch_requests),
+            ("kafka.topics.run_status", &t.run_status),
+            ("kafka.topics.run_results", &t.run_results),
+            ("kafka.topics.dead_letter", &t.dead_letter),
+            ("kafka.topics.runs", &t.runs),
+            ("kafka.topics.control", &t.control),
+        ] {
+            if !valid_topic(name) {
+                return Err(invalid(
+                    key,
+                    format!("{name:?} is not a valid Kafka topic name"),
+                ));
+            }
+        }
+        if self.kafka.partitions < 1 {
+            return Err(invalid("kafka.partitions", "must be at least 1"));
+        }
+        if self.kafka.replication_factor < 1 {
+            return Err(invalid("kafka.replication_factor", "must be at least 1"));
+        }
+        http_url("captain.base_url", &self.captain.base_url)?;
+        http_url("callbacks.public_base_url", &self.callbacks.public_base_url)?;
+        if self.captain.max_attempts == 0 {
+            return Err(invalid("captain.max_attempts", "must be at least 1"));
+        }
+        if !(1..=100_000).contains(&self.captain.async_max_inputs) {
+            return Err(invalid(
+                "captain.async_max_inputs",
+                "must be within 1..=100000 (the API's limit)",
+            ));
+        }
+        if !(1..=100).contains(&self.captain.schedule_max_inputs) {
+            return Err(invalid(
+                "captain.schedule_max_inputs",
+                "must be within 1..=100 (the API's limit)",
+            ));
+        }
+        if self.callbacks.max_body_bytes < 1024 {
+            return Err(invalid("callbacks.max_body_bytes", "must be at least 1024"));
+        }
+        if self.callbacks.dedupe_window == 0 {
+            return Err(invalid("callbacks.dedupe_window", "must be at least 1"));
+        }
+        if self.launch.max_in_flight == 0 {
+            return Err(invalid("launch.max_in_flight", "must be at least 1"));
+        }
+        if !matches!(self.log.format.as_str(), "json" | "text") {
+            return Err(invalid("log.format", "must be \"json\" or \"text\""));
+        }
+        if self
+            .secrets
+            .api_key
+            .as_ref()
+            .is_none_or(|k| k.expose_secret().trim().is_empty())
+        {
+            return Err(invalid(
+                "captain.api_key",
+                format!("no API key: set {ENV_API_KEY} or captain.api_key_file"),
+            ));
+        }
+        if self.secrets.callback_keys.is_none() {
+            return Err(invalid(
+                "callbacks.keys",
+                format!("no callback signing keys: set {ENV_CALLBACK_KEYS} (kid:base64secret,...) or callbacks.keys_file"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn secret(
+    env: &impl Fn(&str) -> Option<String>,
+    var: &str,
+    file: Option<&Path>,
+    file_key: &str,
+) -> Result<Option<SecretString>, ConfigError> {
+    if let Some(value) = env(var) {
+        return Ok(Some(SecretString::from(value.trim().to_owned())));
+    }
+    match file {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| Some(SecretString::from(s.trim().to_owned())))
+            .map_err(|e| invalid(file_key, format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn http_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| invalid(key, format!("{url:?} is not an http(s) URL")))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(invalid(key, format!("{url:?} has no host")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn with_secrets() -> impl Fn(&str) -> Option<String> {
+        env(&[
+            (ENV_API_KEY, "key"),
+            (ENV_CALLBACK_KEYS, "k1:c2VjcmV0LXNlY3JldC1zZWNyZXQ="),
+        ])
+    }
+
+    fn file(text: &str, ext: &str) -> tempfile_lite::TempFile {
+        tempfile_lite::TempFile::new(text, ext)
+    }
+
+    #[test]
+    fn defaults_load_when_secrets_are_set() {
+        let s = Settings::load_from(None, with_secrets()).unwrap();
+        assert_eq!(s.kafka.topics.launch_requests, "captain.launch-requests");
+        assert_eq!(s.captain.async_max_inputs, 100_000);
+    }
+
+    #[test]
+    fn a_missing_api_key_names_the_key() {
+        let err = Settings::load_from(None, env(&[(ENV_CALLBACK_KEYS, "k1:x")])).unwrap_err();
+        assert!(err.to_string().starts_with("captain.api_key:"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_type_in_the_file_names_the_key() {
+        let f = file("[launch]\nmax_in_flight = \"many\"\n", "toml");
+        let err = Settings::load_from(Some(f.path()), with_secrets()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("launch.max_in_flight:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused() {
+        let f = file("[kafka]\nbootstrap = \"x:1\"\n", "toml");
+        let err = Settings::load_from(Some(f.path()), with_secrets()).unwrap_err();
+        assert!(err.to_string().contains("bootstrap"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_in_the_file_is_refused() {
+        let f = file("[captain]\napi_key = \"oops\"\n", "toml");
+        let err = Settings::load_from(Some(f.path()), with_secrets()).unwrap_err();
+        assert!(err.to_string().starts_with("captain.api_key:"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let f = file("[kafka]\nbootstrap_servers = \"file:1\"\n", "yaml.toml");
+        let e = env(&[(ENV_API_KEY, "key"), (ENV_CALLBACK_KEYS, "k1:x")]);
+        // figment reads the process environment; use a variable unique to this test.
+        std::env::set_var("CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT", "7");
+        let s = Settings::load_from(Some(f.path()), e).unwrap();
+        std::env::remove_var("CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT");
+        assert_eq!(s.kafka.bootstrap_servers, "file:1");
+        assert_eq!(s.launch.max_in_flight, 7);
+    }
+
+    #[test]
+    fn yaml_files_are_read_too() {
+        let f = file("captain:\n  base_url: http://127.0.0.1:1/v4\n", "yaml");
+        let s = Settings::load_from(Some(f.path()), with_secrets()).unwrap();
+        assert_eq!(s.captain.base_url, "http://127.0.0.1:1/v4");
+    }
+
+    #[test]
+    fn a_bad_url_names_the_key() {
+        let f = file("[callbacks]\npublic_base_url = \"bridge:8080\"\n", "toml");
+        let err = Settings::load_from(Some(f.path()), with_secrets()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("callbacks.public_base_url:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s = Settings::load_from(None, with_secrets()).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(shown.contains("[set]"));
+    }
+
+    /// A file removed on drop, so config tests read real files.
+    mod tempfile_lite {
+        use super::*;
+        pub struct TempFile(PathBuf);
+        impl TempFile {
+            pub fn new(text: &str, ext: &str) -> Self {
+                let path = std::env::temp_dir().join(format!(
+                    "captain-bridge-config-{}.{ext}",
+                    uuid::Uuid::new_v4()
+                ));
+                let mut f = std::fs::File::create(&path).unwrap();
+                f.write_all(text.as_bytes()).unwrap();
+                Self(path)
+            }
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+}
