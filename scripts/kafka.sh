@@ -11,7 +11,8 @@
 #                            org.apache.kafka.tools.ProducerPerformance)
 #
 # Environment: KAFKA_PORT (default: a free port), KAFKA_HEAP (default 512m),
-# KAFKA_START_TIMEOUT seconds (default 90), CAPTAIN_KAFKA_DIR (default <repo>/.kafka).
+# KAFKA_START_TIMEOUT seconds (default 90), CAPTAIN_KAFKA_DIR (default <repo>/.kafka),
+# CAPTAIN_KAFKA_INSTANCE (default none: one broker per instance name).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,7 +20,9 @@ kdir=${CAPTAIN_KAFKA_DIR:-$repo/.kafka}
 pom=$repo/scripts/kafka/pom.xml
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")
 libs=$kdir/libs-$version
-state=$kdir/broker.env
+# Several brokers may run side by side (a developer's, the test suite's, a test's own):
+# CAPTAIN_KAFKA_INSTANCE names one; its state file records its PID, data dir and address.
+state=$kdir/broker${CAPTAIN_KAFKA_INSTANCE:+-$CAPTAIN_KAFKA_INSTANCE}.env
 
 log() { echo "kafka.sh: $*" >&2; }
 
