@@ -138,7 +138,10 @@ impl ApiKeyConfig {
 /// A stable v4-shaped uuid from a text (FNV-1a, twice), so a key always maps to one workspace.
 fn uuid_from_text(kind: &str, text: &str) -> Uuid {
     let mut bytes = [0u8; 16];
-    for (half, salt) in [(0usize, 0xcbf2_9ce4_8422_2325u64), (8, 0x8422_2325_cbf2_9ce4)] {
+    for (half, salt) in [
+        (0usize, 0xcbf2_9ce4_8422_2325u64),
+        (8, 0x8422_2325_cbf2_9ce4),
+    ] {
         let mut hash = salt;
         for b in kind.bytes().chain([0u8]).chain(text.bytes()) {
             hash ^= u64::from(b);
@@ -184,16 +187,28 @@ impl RuntimeConfig {
             ("faults.error_rate", f.error_rate),
             ("faults.callback_drop_rate", f.callback_drop_rate),
             ("faults.callback_duplicate_rate", f.callback_duplicate_rate),
-            ("faults.callback_out_of_order_rate", f.callback_out_of_order_rate),
+            (
+                "faults.callback_out_of_order_rate",
+                f.callback_out_of_order_rate,
+            ),
             ("faults.callback_failure_rate", f.callback_failure_rate),
-            ("outcomes.input_failure_rate", self.outcomes.input_failure_rate),
+            (
+                "outcomes.input_failure_rate",
+                self.outcomes.input_failure_rate,
+            ),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(ConfigError::Invalid(format!("{name} must be within 0..=1")));
             }
         }
         let o = &self.outcomes;
-        let weights = [o.succeeded, o.partial_succeeded, o.failed, o.blocked, o.stopped];
+        let weights = [
+            o.succeeded,
+            o.partial_succeeded,
+            o.failed,
+            o.blocked,
+            o.stopped,
+        ];
         if weights.iter().any(|w| !w.is_finite() || *w < 0.0) || weights.iter().sum::<f64>() <= 0.0
         {
             return Err(ConfigError::Invalid(

@@ -95,9 +95,13 @@ static SPEC: OnceLock<Result<Arc<Spec>, String>> = OnceLock::new();
 
 /// The process-wide spec, parsed on first use.
 pub fn spec() -> Result<Arc<Spec>, SpecError> {
-    SPEC.get_or_init(|| Spec::load(OPENAPI_JSON).map(Arc::new).map_err(|e| e.to_string()))
-        .clone()
-        .map_err(SpecError::Missing)
+    SPEC.get_or_init(|| {
+        Spec::load(OPENAPI_JSON)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(SpecError::Missing)
 }
 
 impl Spec {
@@ -234,13 +238,19 @@ impl ActionSpec {
             op_pointer("async")
         );
         let max_results = doc
-            .pointer(&format!("{async_schema}/properties/parameters/properties/max_results"))
+            .pointer(&format!(
+                "{async_schema}/properties/parameters/properties/max_results"
+            ))
             .map(|m| MaxResults {
                 default: m.get("default").and_then(Value::as_u64),
                 maximum: m.get("maximum").and_then(Value::as_u64),
             });
-        let body_pointer =
-            |mode: &str| format!("{}/requestBody/content/application~1json/schema", op_pointer(mode));
+        let body_pointer = |mode: &str| {
+            format!(
+                "{}/requestBody/content/application~1json/schema",
+                op_pointer(mode)
+            )
+        };
         for mode in ["live", "async", "schedule"] {
             if doc.pointer(&body_pointer(mode)).is_none() {
                 return Err(SpecError::Missing(body_pointer(mode)));
@@ -254,7 +264,11 @@ impl ActionSpec {
             paginated,
             page_size,
             max_results,
-            body_pointers: [body_pointer("live"), body_pointer("async"), body_pointer("schedule")],
+            body_pointers: [
+                body_pointer("live"),
+                body_pointer("async"),
+                body_pointer("schedule"),
+            ],
             validators: [OnceLock::new(), OnceLock::new(), OnceLock::new()],
         })
     }
@@ -361,10 +375,16 @@ pub fn normalize_schema(schema: &mut Value) {
                     children.values_mut().for_each(normalize_schema);
                 }
             }
-            "items" | "additionalProperties" | "not" | "contains" | "propertyNames" | "if"
-            | "then" | "else" | "unevaluatedProperties" | "unevaluatedItems" => {
-                normalize_schema(child)
-            }
+            "items"
+            | "additionalProperties"
+            | "not"
+            | "contains"
+            | "propertyNames"
+            | "if"
+            | "then"
+            | "else"
+            | "unevaluatedProperties"
+            | "unevaluatedItems" => normalize_schema(child),
             "anyOf" | "oneOf" | "allOf" | "prefixItems" => {
                 if let Value::Array(children) = child {
                     children.iter_mut().for_each(normalize_schema);
@@ -441,7 +461,12 @@ mod tests {
                 maximum: Some(1000)
             })
         );
-        assert!(!spec.action("linkedin-extract-people").unwrap().output_is_array);
+        assert!(
+            !spec
+                .action("linkedin-extract-people")
+                .unwrap()
+                .output_is_array
+        );
     }
 
     #[test]

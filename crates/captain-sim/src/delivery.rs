@@ -1,0 +1,243 @@
+//! Callback delivery: one record per delivery (PENDING -> RUNNING -> SUCCESS/FAILED), automatic
+//! retries with doubling backoff on the same record (`retry_count` counts them), injected
+//! drops/duplicates/receiver failures, and replays (a new record with `parent_uid`, the same
+//! payload bytes and `batch_uid`, one attempt).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::Rng;
+use reqwest::header::CONTENT_TYPE;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::SimState;
+use crate::stats::bump;
+use crate::store::{CallbackRecord, CallbackStatus, CallbackTarget, CallbackView, Owner};
+
+/// Replays allowed per original callback.
+pub const MAX_REPLAYS: u32 = 3;
+
+/// The run a delivery belongs to.
+#[derive(Debug, Clone)]
+pub struct DeliveryCtx {
+    pub run_uid: Uuid,
+    pub workspace_uid: Uuid,
+    pub target: Arc<CallbackTarget>,
+}
+
+/// Outcome of one POST.
+enum Attempt {
+    Answered(u16),
+    NoAnswer,
+}
+
+/// Delivers one payload, honouring faults and retries; returns when the delivery is settled
+/// (so a run's pages go out one at a time, in order).
+pub async fn deliver(
+    state: &Arc<SimState>,
+    ctx: &DeliveryCtx,
+    batch_uid: Uuid,
+    payload: Bytes,
+    rng: &mut StdRng,
+) {
+    let runtime = state.runtime();
+    let faults = &runtime.faults;
+    let drop = faults.callback_drop_rate > 0.0 && rng.random_bool(faults.callback_drop_rate);
+    let duplicate =
+        faults.callback_duplicate_rate > 0.0 && rng.random_bool(faults.callback_duplicate_rate);
+    let uid = new_record(state, ctx, None, batch_uid, payload.clone());
+    if drop {
+        update(state, uid, |r| r.status = CallbackStatus::Failed);
+        bump(&state.stats.callbacks_dropped);
+        bump(&state.stats.callbacks_failed);
+        return;
+    }
+    let attempts = runtime.delivery.max_attempts.max(1);
+    let mut succeeded = false;
+    for attempt in 0..attempts {
+        let fail =
+            faults.callback_failure_rate > 0.0 && rng.random_bool(faults.callback_failure_rate);
+        if send_once(state, uid, &ctx.target, &payload, fail).await {
+            succeeded = true;
+            break;
+        }
+        if attempt + 1 < attempts {
+            update(state, uid, |r| {
+                r.status = CallbackStatus::Pending;
+                r.retry_count += 1;
+            });
+            let backoff = Duration::from_millis(
+                runtime
+                    .delivery
+                    .backoff_ms
+                    .saturating_mul(1 << attempt.min(16)),
+            );
+            if !state.sleep(backoff).await {
+                break;
+            }
+        }
+    }
+    if !succeeded {
+        bump(&state.stats.callbacks_failed);
+    }
+    if succeeded && duplicate {
+        let dup = new_record(state, ctx, None, batch_uid, payload.clone());
+        bump(&state.stats.callbacks_duplicated);
+        if !send_once(state, dup, &ctx.target, &payload, false).await {
+            bump(&state.stats.callbacks_failed);
+        }
+    }
+}
+
+/// Replays an original callback: checks the limits, records, and sends in the background.
+pub fn replay(state: &Arc<SimState>, owner: Owner, uid: Uuid) -> Result<CallbackView, ApiError> {
+    let (ctx, batch_uid, payload) = {
+        let mut callbacks = state.store.callbacks();
+        let original = callbacks
+            .get_mut(&uid)
+            .filter(|r| r.workspace_uid == owner.workspace_uid)
+            .ok_or_else(|| callback_not_found(uid))?;
+        if original.parent_uid.is_some() {
+            return Err(ApiError::invalid_param(format!(
+                "callback {uid} is itself a replay; only an original callback can be replayed"
+            ))
+            .param("callback_uid", uid.to_string()));
+        }
+        if original.replays >= MAX_REPLAYS {
+            return Err(ApiError::invalid_param(format!(
+                "callback {uid} was already replayed {MAX_REPLAYS} times, the maximum"
+            ))
+            .param("callback_uid", uid.to_string()));
+        }
+        original.replays += 1;
+        (
+            DeliveryCtx {
+                run_uid: original.run_uid,
+                workspace_uid: original.workspace_uid,
+                target: original.target.clone(),
+            },
+            original.batch_uid,
+            original.payload.clone(),
+        )
+    };
+    let new_uid = new_record(state, &ctx, Some(uid), batch_uid, payload.clone());
+    bump(&state.stats.callbacks_replayed);
+    let view = state
+        .store
+        .callbacks()
+        .get(&new_uid)
+        .map(CallbackRecord::view)
+        .ok_or_else(|| ApiError::internal("replayed callback vanished"))?;
+    let task_state = state.clone();
+    tokio::spawn(async move {
+        if !send_once(&task_state, new_uid, &ctx.target, &payload, false).await {
+            bump(&task_state.stats.callbacks_failed);
+        }
+    });
+    Ok(view)
+}
+
+/// The 404 for an unknown (or other workspace's) callback.
+pub fn callback_not_found(uid: Uuid) -> ApiError {
+    ApiError::not_found(
+        "CALLBACK_404_NOT_FOUND",
+        format!("callback {uid} not found"),
+    )
+    .param("callback_uid", uid.to_string())
+}
+
+fn new_record(
+    state: &Arc<SimState>,
+    ctx: &DeliveryCtx,
+    parent_uid: Option<Uuid>,
+    batch_uid: Uuid,
+    payload: Bytes,
+) -> Uuid {
+    let uid = Uuid::new_v4();
+    let record = CallbackRecord {
+        seq: state.next_seq(),
+        uid,
+        parent_uid,
+        retry_count: 0,
+        created_at: state.clock.now(),
+        status: CallbackStatus::Pending,
+        target: ctx.target.clone(),
+        http_status: None,
+        batch_uid,
+        run_uid: ctx.run_uid,
+        workspace_uid: ctx.workspace_uid,
+        payload,
+        replays: 0,
+    };
+    state.store.callbacks().insert(uid, record);
+    state
+        .store
+        .with_run(ctx.run_uid, |run| run.callbacks.push(uid));
+    uid
+}
+
+fn update(state: &SimState, uid: Uuid, f: impl FnOnce(&mut CallbackRecord)) {
+    if let Some(record) = state.store.callbacks().get_mut(&uid) {
+        f(record);
+    }
+}
+
+/// One POST (or an injected failure); updates the record; true on a 2xx answer.
+async fn send_once(
+    state: &Arc<SimState>,
+    uid: Uuid,
+    target: &CallbackTarget,
+    payload: &Bytes,
+    inject_failure: bool,
+) -> bool {
+    let Ok(_permit) = state.delivery_slots.acquire().await else {
+        return false;
+    };
+    update(state, uid, |r| r.status = CallbackStatus::Running);
+    let outcome = if inject_failure {
+        Attempt::NoAnswer
+    } else {
+        post(state, target, payload.clone()).await
+    };
+    let ok = matches!(outcome, Attempt::Answered(s) if (200..300).contains(&s));
+    update(state, uid, |r| {
+        r.http_status = match outcome {
+            Attempt::Answered(s) => Some(s),
+            Attempt::NoAnswer => None,
+        };
+        r.status = if ok {
+            CallbackStatus::Success
+        } else {
+            CallbackStatus::Failed
+        };
+    });
+    if ok {
+        bump(&state.stats.callbacks_delivered);
+    } else {
+        bump(&state.stats.callback_attempts_failed);
+    }
+    ok
+}
+
+async fn post(state: &SimState, target: &CallbackTarget, payload: Bytes) -> Attempt {
+    let timeout = Duration::from_millis(state.runtime().delivery.timeout_ms);
+    let mut request = state
+        .http
+        .post(&target.url)
+        .timeout(timeout)
+        .header(CONTENT_TYPE, "application/json")
+        .body(payload);
+    for (name, value) in &target.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    match request.send().await {
+        Ok(response) => Attempt::Answered(response.status().as_u16()),
+        Err(error) => {
+            tracing::debug!(url = %target.url, %error, "callback delivery failed");
+            Attempt::NoAnswer
+        }
+    }
+}

@@ -1,0 +1,588 @@
+//! The run engine: creates ASYNC runs (from async submissions and schedule firings) and drives
+//! each through CREATED -> QUEUED -> RUNNING -> final status, producing one callback per page
+//! of results per input, then one final callback per run. Outcomes, cut points and callback
+//! faults come from a generator seeded by (seed, run sequence number), so concurrency does not
+//! change what happens to a given run.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::config::{OutcomesConfig, ResultsConfig};
+use crate::delivery::{deliver, DeliveryCtx};
+use crate::error::{ApiError, ErrorScope};
+use crate::generate::{generate, rng_for};
+use crate::spec::ActionSpec;
+use crate::state::SimState;
+use crate::stats::bump;
+use crate::store::{ExecutionMode, Owner, Run, RunError, RunRequest, RunStatus};
+
+/// Identity of a freshly created run.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRun {
+    pub id: u64,
+    pub uid: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Creates an ASYNC run in CREATED and starts driving it.
+pub fn start_run(state: &Arc<SimState>, owner: Owner, request: Arc<RunRequest>) -> NewRun {
+    let seq = state.next_seq();
+    let new = NewRun {
+        id: seq,
+        uid: Uuid::new_v4(),
+        created_at: state.clock.now(),
+    };
+    let run = Run {
+        id: new.id,
+        uid: new.uid,
+        action: request.action.clone(),
+        owner,
+        mode: ExecutionMode::Async,
+        status: RunStatus::Created,
+        last_error: None,
+        callback_url: request.callback.as_ref().map(|c| c.url.clone()),
+        started_at: None,
+        finished_at: None,
+        updated_at: None,
+        created_at: new.created_at,
+        resume: None,
+        callbacks: Vec::new(),
+    };
+    state.store.insert_run(run, state.config.limits.max_runs);
+    bump(&state.stats.runs_created);
+    let task_state = state.clone();
+    tokio::spawn(async move { drive(task_state, new.uid, seq, owner, request).await });
+    new
+}
+
+/// Records a finished LIVE run.
+pub fn record_live_run(state: &SimState, owner: Owner, action: Arc<ActionSpec>) {
+    let now = state.clock.now();
+    let seq = state.next_seq();
+    let run = Run {
+        id: seq,
+        uid: Uuid::new_v4(),
+        action,
+        owner,
+        mode: ExecutionMode::Live,
+        status: RunStatus::Succeeded,
+        last_error: None,
+        callback_url: None,
+        started_at: Some(now),
+        finished_at: Some(now),
+        updated_at: Some(now),
+        created_at: now,
+        resume: None,
+        callbacks: Vec::new(),
+    };
+    state.store.insert_run(run, state.config.limits.max_runs);
+    bump(&state.stats.runs_created);
+}
+
+/// Resumes a BLOCKED or STOPPED run (it goes back to QUEUED and continues).
+pub fn resume(state: &SimState, owner: Owner, uid: Uuid) -> Result<(), ApiError> {
+    let now = state.clock.now();
+    let mut runs = state.store.runs();
+    let run = runs
+        .by_uid
+        .get_mut(&uid)
+        .filter(|r| r.owner.workspace_uid == owner.workspace_uid)
+        .ok_or_else(|| run_not_found(uid))?;
+    match (run.status, run.resume.take()) {
+        (RunStatus::Blocked | RunStatus::Stopped, Some(notify)) => {
+            run.status = RunStatus::Queued;
+            run.updated_at = Some(now);
+            notify.notify_one();
+            Ok(())
+        }
+        (status, resume) => {
+            run.resume = resume;
+            Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "RUN_NOT_RESUMABLE",
+                format!(
+                    "run {uid} is {} and cannot be resumed; only BLOCKED or STOPPED runs can",
+                    status.as_str()
+                ),
+            )
+            .scope(ErrorScope::Param)
+            .param("status", status.as_str()))
+        }
+    }
+}
+
+/// The 404 for an unknown (or other workspace's) run.
+pub fn run_not_found(uid: Uuid) -> ApiError {
+    ApiError::not_found("RUN_404_NOT_FOUND", format!("run {uid} not found"))
+        .param("run_uid", uid.to_string())
+}
+
+/// Results per input and page size of an action for given parameters.
+pub fn result_plan(action: &ActionSpec, parameters: &Value, results: &ResultsConfig) -> (u64, u64) {
+    if !action.output_is_array {
+        return (1, 1);
+    }
+    let total = parameters
+        .get("max_results")
+        .and_then(Value::as_u64)
+        .or_else(|| action.max_results.and_then(|m| m.default))
+        .unwrap_or(results.default_count);
+    (total, page_size(action, results))
+}
+
+/// The page size used for an action (config override, spec default, config default).
+pub fn page_size(action: &ActionSpec, results: &ResultsConfig) -> u64 {
+    results
+        .page_size
+        .get(&action.name)
+        .copied()
+        .or(action.page_size)
+        .unwrap_or(results.default_page_size)
+        .max(1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Succeeded,
+    Partial,
+    Failed,
+    Blocked,
+    Stopped,
+}
+
+fn pick_outcome(o: &OutcomesConfig, rng: &mut StdRng) -> Outcome {
+    let weights = [
+        (Outcome::Succeeded, o.succeeded),
+        (Outcome::Partial, o.partial_succeeded),
+        (Outcome::Failed, o.failed),
+        (Outcome::Blocked, o.blocked),
+        (Outcome::Stopped, o.stopped),
+    ];
+    let total: f64 = weights.iter().map(|(_, w)| w.max(0.0)).sum();
+    let mut x = rng.random_range(0.0..total.max(f64::MIN_POSITIVE));
+    for (outcome, w) in weights {
+        if x < w.max(0.0) {
+            return outcome;
+        }
+        x -= w.max(0.0);
+    }
+    Outcome::Succeeded
+}
+
+/// One callback to produce.
+#[derive(Debug, Clone, Copy)]
+enum Item {
+    Page {
+        input: usize,
+        page: u64,
+        start: u64,
+        count: u64,
+    },
+    InputError {
+        input: usize,
+    },
+    Final,
+}
+
+#[derive(Serialize)]
+struct PayloadRun {
+    run_uid: Uuid,
+    batch_uid: Uuid,
+    status: RunStatus,
+}
+
+/// The callback body: the spec's `onSave` schema plus root `custom_data`.
+#[derive(Serialize)]
+struct Payload<'a> {
+    run: PayloadRun,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a Value>,
+    custom_data: Option<&'a Value>,
+    error: Option<Value>,
+    results_count: usize,
+    results: &'a [Value],
+}
+
+struct Driver {
+    state: Arc<SimState>,
+    uid: Uuid,
+    seq: u64,
+    request: Arc<RunRequest>,
+    ctx: Option<DeliveryCtx>,
+    rng: StdRng,
+}
+
+async fn drive(state: Arc<SimState>, uid: Uuid, seq: u64, owner: Owner, request: Arc<RunRequest>) {
+    let runtime = state.runtime();
+    let ctx = request.callback.as_ref().map(|target| DeliveryCtx {
+        run_uid: uid,
+        workspace_uid: owner.workspace_uid,
+        target: Arc::new(target.clone()),
+    });
+    let mut driver = Driver {
+        rng: rng_for(state.config.seed, &[seq, 0x5eed]),
+        state,
+        uid,
+        seq,
+        request,
+        ctx,
+    };
+    let t = &runtime.timings;
+    if !driver
+        .state
+        .sleep(driver.state.clock.real_ms(t.queued_after_ms))
+        .await
+    {
+        return;
+    }
+    driver.set_status(RunStatus::Queued, None);
+    if !driver
+        .state
+        .sleep(driver.state.clock.real_ms(t.start_after_ms))
+        .await
+    {
+        return;
+    }
+    driver.set_status(RunStatus::Running, None);
+
+    let outcome = pick_outcome(&runtime.outcomes, &mut driver.rng);
+    let mut items = driver.plan(outcome, &runtime.outcomes, &runtime.results);
+    let failed_inputs = items
+        .iter()
+        .filter(|i| matches!(i, Item::InputError { .. }))
+        .count();
+    let cut = match outcome {
+        Outcome::Failed | Outcome::Blocked | Outcome::Stopped => {
+            let pages = items.len();
+            driver.rng.random_range(0..=pages / 2)
+        }
+        _ => items.len(),
+    };
+    if outcome == Outcome::Failed {
+        items.truncate(cut);
+    }
+
+    if let Outcome::Blocked | Outcome::Stopped = outcome {
+        let (status, label) = if outcome == Outcome::Blocked {
+            (RunStatus::Blocked, "BLOCKED")
+        } else {
+            (RunStatus::Stopped, "STOPPED")
+        };
+        let rest = items.split_off(cut);
+        if !driver
+            .run_items(&items, runtime.timings.page_interval_ms)
+            .await
+        {
+            return;
+        }
+        let error = ApiError::new(
+            axum::http::StatusCode::FAILED_DEPENDENCY,
+            label,
+            format!(
+                "run {uid} was {} by the simulator; resume it to continue",
+                label.to_lowercase()
+            ),
+        )
+        .scope(ErrorScope::Integ);
+        let notify = Arc::new(Notify::new());
+        driver.set_status(status, Some((&error, Some(notify.clone()))));
+        if !driver.send_status(status, Some(error.body_json())).await {
+            return;
+        }
+        if !driver.state.wait(&notify).await {
+            return;
+        }
+        if !driver
+            .state
+            .sleep(
+                driver
+                    .state
+                    .clock
+                    .real_ms(driver.state.runtime().timings.start_after_ms),
+            )
+            .await
+        {
+            return;
+        }
+        driver.set_status(RunStatus::Running, None);
+        if !driver
+            .run_items(&rest, driver.state.runtime().timings.page_interval_ms)
+            .await
+        {
+            return;
+        }
+        driver.finish(RunStatus::Succeeded, None).await;
+        return;
+    }
+
+    let (final_status, final_error) = match outcome {
+        Outcome::Failed => (
+            RunStatus::Failed,
+            Some(
+                ApiError::new(
+                    axum::http::StatusCode::FAILED_DEPENDENCY,
+                    "NO_RESULT",
+                    format!("run {uid} failed (simulated outcome)"),
+                )
+                .scope(ErrorScope::Integ),
+            ),
+        ),
+        Outcome::Partial => (
+            RunStatus::PartialSucceeded,
+            Some(
+                ApiError::new(
+                    axum::http::StatusCode::FAILED_DEPENDENCY,
+                    "PARTIAL_FAILURE",
+                    format!(
+                        "{failed_inputs} of {} inputs failed",
+                        driver.request.inputs.len()
+                    ),
+                )
+                .scope(ErrorScope::Input),
+            ),
+        ),
+        _ => (RunStatus::Succeeded, None),
+    };
+    let faults = &runtime.faults;
+    let shuffled = faults.callback_out_of_order_rate > 0.0
+        && driver.rng.random_bool(faults.callback_out_of_order_rate);
+    if shuffled {
+        // The final callback joins the shuffle: it may arrive before pages.
+        items.push(Item::Final);
+        items.shuffle(&mut driver.rng);
+        driver.mark_final(final_status, final_error.as_ref());
+        for item in &items {
+            if !driver
+                .run_item(
+                    *item,
+                    runtime.timings.page_interval_ms,
+                    final_status,
+                    final_error.as_ref(),
+                )
+                .await
+            {
+                return;
+            }
+        }
+        return;
+    }
+    if !driver
+        .run_items(&items, runtime.timings.page_interval_ms)
+        .await
+    {
+        return;
+    }
+    driver.finish(final_status, final_error.as_ref()).await;
+}
+
+impl Driver {
+    fn plan(
+        &mut self,
+        outcome: Outcome,
+        outcomes: &OutcomesConfig,
+        results: &ResultsConfig,
+    ) -> Vec<Item> {
+        let (total, size) = result_plan(&self.request.action, &self.request.parameters, results);
+        let n = self.request.inputs.len();
+        let mut failing = vec![false; n];
+        if outcome == Outcome::Partial {
+            for f in failing.iter_mut() {
+                *f = self.rng.random_bool(outcomes.input_failure_rate);
+            }
+            if !failing.contains(&true) {
+                let i = self.rng.random_range(0..n.max(1));
+                if let Some(f) = failing.get_mut(i) {
+                    *f = true;
+                }
+            }
+        }
+        let mut items = Vec::new();
+        for (input, fails) in failing.into_iter().enumerate() {
+            if fails {
+                items.push(Item::InputError { input });
+                continue;
+            }
+            // An input with no results still gets one (empty) page, so every input is seen.
+            let pages = total.div_ceil(size).max(1);
+            for page in 0..pages {
+                let start = page * size;
+                items.push(Item::Page {
+                    input,
+                    page,
+                    start,
+                    count: size.min(total.saturating_sub(start)),
+                });
+            }
+        }
+        items
+    }
+
+    async fn run_items(&mut self, items: &[Item], interval_ms: u64) -> bool {
+        for item in items {
+            if !self
+                .run_item(*item, interval_ms, RunStatus::Running, None)
+                .await
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn run_item(
+        &mut self,
+        item: Item,
+        interval_ms: u64,
+        final_status: RunStatus,
+        final_error: Option<&ApiError>,
+    ) -> bool {
+        match item {
+            Item::Page {
+                input,
+                page,
+                start,
+                count,
+            } => {
+                if !self
+                    .state
+                    .sleep(self.state.clock.real_ms(interval_ms))
+                    .await
+                {
+                    return false;
+                }
+                let spec = &self.state.spec;
+                let action = &self.request.action;
+                let results: Vec<Value> = (start..start + count)
+                    .map(|i| {
+                        let mut rng =
+                            rng_for(self.state.config.seed, &[self.seq, input as u64, i, page]);
+                        generate(spec, &action.output_schema, &mut rng)
+                    })
+                    .collect();
+                self.send(RunStatus::Running, Some(input), None, &results)
+                    .await
+            }
+            Item::InputError { input } => {
+                if !self
+                    .state
+                    .sleep(self.state.clock.real_ms(interval_ms))
+                    .await
+                {
+                    return false;
+                }
+                let error = ApiError::new(
+                    axum::http::StatusCode::FAILED_DEPENDENCY,
+                    "NO_RESULT",
+                    format!("input {input} could not be processed (simulated failure)"),
+                )
+                .scope(ErrorScope::Input)
+                .param("input_index", input.to_string());
+                self.send(
+                    RunStatus::Running,
+                    Some(input),
+                    Some(error.body_json()),
+                    &[],
+                )
+                .await
+            }
+            Item::Final => {
+                self.send(
+                    final_status,
+                    None,
+                    final_error.map(ApiError::body_json),
+                    &[],
+                )
+                .await
+            }
+        }
+    }
+
+    async fn send(
+        &mut self,
+        status: RunStatus,
+        input: Option<usize>,
+        error: Option<Value>,
+        results: &[Value],
+    ) -> bool {
+        let Some(ctx) = self.ctx.clone() else {
+            return !self.state.is_shutting_down();
+        };
+        let input_value = input.and_then(|i| self.request.inputs.get(i));
+        let batch_uid = Uuid::new_v4();
+        let payload = Payload {
+            run: PayloadRun {
+                run_uid: self.uid,
+                batch_uid,
+                status,
+            },
+            input: input_value,
+            custom_data: input_value.and_then(|v| v.get("custom_data")),
+            error,
+            results_count: results.len(),
+            results,
+        };
+        let body = match serde_json::to_vec(&payload) {
+            Ok(body) => Bytes::from(body),
+            Err(error) => {
+                tracing::error!(%error, "cannot serialize callback payload");
+                return false;
+            }
+        };
+        deliver(&self.state, &ctx, batch_uid, body, &mut self.rng).await;
+        !self.state.is_shutting_down()
+    }
+
+    async fn send_status(&mut self, status: RunStatus, error: Option<Value>) -> bool {
+        self.send(status, None, error, &[]).await
+    }
+
+    fn set_status(&self, status: RunStatus, blocked: Option<(&ApiError, Option<Arc<Notify>>)>) {
+        let now = self.state.clock.now();
+        self.state.store.with_run(self.uid, |run| {
+            run.status = status;
+            run.updated_at = Some(now);
+            if status == RunStatus::Running && run.started_at.is_none() {
+                run.started_at = Some(now);
+            }
+            if let Some((error, notify)) = blocked {
+                run.last_error = Some(RunError {
+                    label: error.label.to_owned(),
+                    message: error.message.clone(),
+                });
+                run.resume = notify;
+            }
+        });
+    }
+
+    fn mark_final(&self, status: RunStatus, error: Option<&ApiError>) {
+        let now = self.state.clock.now();
+        self.state.store.with_run(self.uid, |run| {
+            run.status = status;
+            run.updated_at = Some(now);
+            run.finished_at = Some(now);
+            if let Some(error) = error {
+                run.last_error = Some(RunError {
+                    label: error.label.to_owned(),
+                    message: error.message.clone(),
+                });
+            }
+        });
+    }
+
+    /// Sets the final status, then sends the final callback (so a receiver reading the run on
+    /// receipt of the final callback sees the same status).
+    async fn finish(&mut self, status: RunStatus, error: Option<&ApiError>) {
+        self.mark_final(status, error);
+        self.send(status, None, error.map(ApiError::body_json), &[])
+            .await;
+    }
+}
