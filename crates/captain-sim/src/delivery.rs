@@ -60,15 +60,12 @@ pub async fn deliver(
     for attempt in 0..attempts {
         let fail =
             faults.callback_failure_rate > 0.0 && rng.random_bool(faults.callback_failure_rate);
-        if send_once(state, uid, &ctx.target, &payload, fail).await {
+        let last = attempt + 1 == attempts;
+        if send_once(state, uid, &ctx.target, &payload, fail, last).await {
             succeeded = true;
             break;
         }
-        if attempt + 1 < attempts {
-            update(state, uid, |r| {
-                r.status = CallbackStatus::Pending;
-                r.retry_count += 1;
-            });
+        if !last {
             let backoff = Duration::from_millis(
                 runtime
                     .delivery
@@ -86,7 +83,7 @@ pub async fn deliver(
     if succeeded && duplicate {
         let dup = new_record(state, ctx, None, batch_uid, payload.clone());
         bump(&state.stats.callbacks_duplicated);
-        if !send_once(state, dup, &ctx.target, &payload, false).await {
+        if !send_once(state, dup, &ctx.target, &payload, false, true).await {
             bump(&state.stats.callbacks_failed);
         }
     }
@@ -133,7 +130,7 @@ pub fn replay(state: &Arc<SimState>, owner: Owner, uid: Uuid) -> Result<Callback
         .ok_or_else(|| ApiError::internal("replayed callback vanished"))?;
     let task_state = state.clone();
     tokio::spawn(async move {
-        if !send_once(&task_state, new_uid, &ctx.target, &payload, false).await {
+        if !send_once(&task_state, new_uid, &ctx.target, &payload, false, true).await {
             bump(&task_state.stats.callbacks_failed);
         }
     });
@@ -185,13 +182,15 @@ fn update(state: &SimState, uid: Uuid, f: impl FnOnce(&mut CallbackRecord)) {
     }
 }
 
-/// One POST (or an injected failure); updates the record; true on a 2xx answer.
+/// One POST (or an injected failure); updates the record (a failed attempt that will be
+/// retried goes back to PENDING with `retry_count` + 1); true on a 2xx answer.
 async fn send_once(
     state: &Arc<SimState>,
     uid: Uuid,
     target: &CallbackTarget,
     payload: &Bytes,
     inject_failure: bool,
+    last_attempt: bool,
 ) -> bool {
     let Ok(_permit) = state.delivery_slots.acquire().await else {
         return false;
@@ -208,11 +207,14 @@ async fn send_once(
             Attempt::Answered(s) => Some(s),
             Attempt::NoAnswer => None,
         };
-        r.status = if ok {
-            CallbackStatus::Success
+        if ok {
+            r.status = CallbackStatus::Success;
+        } else if last_attempt {
+            r.status = CallbackStatus::Failed;
         } else {
-            CallbackStatus::Failed
-        };
+            r.status = CallbackStatus::Pending;
+            r.retry_count += 1;
+        }
     });
     if ok {
         bump(&state.stats.callbacks_delivered);

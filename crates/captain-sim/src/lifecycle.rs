@@ -35,7 +35,7 @@ pub struct NewRun {
 
 /// Creates an ASYNC run in CREATED and starts driving it.
 pub fn start_run(state: &Arc<SimState>, owner: Owner, request: Arc<RunRequest>) -> NewRun {
-    let seq = state.next_seq();
+    let seq = state.next_run_seq();
     let new = NewRun {
         id: seq,
         uid: Uuid::new_v4(),
@@ -67,7 +67,7 @@ pub fn start_run(state: &Arc<SimState>, owner: Owner, request: Arc<RunRequest>) 
 /// Records a finished LIVE run.
 pub fn record_live_run(state: &SimState, owner: Owner, action: Arc<ActionSpec>) {
     let now = state.clock.now();
-    let seq = state.next_seq();
+    let seq = state.next_run_seq();
     let run = Run {
         id: seq,
         uid: Uuid::new_v4(),
@@ -219,6 +219,9 @@ struct Driver {
     request: Arc<RunRequest>,
     ctx: Option<DeliveryCtx>,
     rng: StdRng,
+    /// Inputs as echoed in callbacks: without `custom_data` (it is at the payload root), so
+    /// the payload matches the `onSave` schema even for input-less actions (`EmptyInput`).
+    echoed_inputs: Vec<Value>,
 }
 
 async fn drive(state: Arc<SimState>, uid: Uuid, seq: u64, owner: Owner, request: Arc<RunRequest>) {
@@ -228,7 +231,21 @@ async fn drive(state: Arc<SimState>, uid: Uuid, seq: u64, owner: Owner, request:
         workspace_uid: owner.workspace_uid,
         target: Arc::new(target.clone()),
     });
+    let echoed_inputs = request
+        .inputs
+        .iter()
+        .map(|input| match input {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .filter(|(k, _)| k.as_str() != "custom_data")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            other => other.clone(),
+        })
+        .collect();
     let mut driver = Driver {
+        echoed_inputs,
         rng: rng_for(state.config.seed, &[seq, 0x5eed]),
         state,
         uid,
@@ -516,7 +533,10 @@ impl Driver {
         let Some(ctx) = self.ctx.clone() else {
             return !self.state.is_shutting_down();
         };
-        let input_value = input.and_then(|i| self.request.inputs.get(i));
+        let input_value = input.and_then(|i| self.echoed_inputs.get(i));
+        let custom_data = input
+            .and_then(|i| self.request.inputs.get(i))
+            .and_then(|v| v.get("custom_data"));
         let batch_uid = Uuid::new_v4();
         let payload = Payload {
             run: PayloadRun {
@@ -525,7 +545,7 @@ impl Driver {
                 status,
             },
             input: input_value,
-            custom_data: input_value.and_then(|v| v.get("custom_data")),
+            custom_data,
             error,
             results_count: results.len(),
             results,

@@ -171,6 +171,15 @@ impl Spec {
         })
     }
 
+    /// Compiles an arbitrary schema whose `#/components/schemas/*` references point into the
+    /// document (for tests that adjust a schema before validating).
+    pub fn compile_schema(&self, schema: &Value) -> Result<jsonschema::Validator, SpecError> {
+        compile_with_components(&self.doc, schema).map_err(|message| SpecError::Compile {
+            pointer: "(inline)".to_owned(),
+            message,
+        })
+    }
+
     /// The cached body validator of an action and mode.
     pub fn body_validator(
         &self,

@@ -39,6 +39,7 @@ pub struct SimState {
     pub delivery_slots: Semaphore,
     pub keys: HashMap<String, Owner>,
     next_seq: AtomicU64,
+    next_run_seq: AtomicU64,
     shutdown: watch::Receiver<bool>,
     /// Wakes the scheduler when a schedule is created or resumed.
     pub schedule_wake: Notify,
@@ -80,6 +81,7 @@ impl SimState {
             delivery_slots: Semaphore::new(config.runtime.delivery.concurrency),
             keys,
             next_seq: AtomicU64::new(1),
+            next_run_seq: AtomicU64::new(1),
             shutdown,
             schedule_wake: Notify::new(),
             config,
@@ -114,6 +116,12 @@ impl SimState {
     /// Next sequence number (run ids, record ordering, per-run seeds).
     pub fn next_seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Next run number: run ids and per-run seeds. Only runs draw from it, so the n-th run
+    /// gets the same seed whatever else happens concurrently.
+    pub fn next_run_seq(&self) -> u64 {
+        self.next_run_seq.fetch_add(1, Ordering::Relaxed)
     }
 
     /// True once shutdown started.

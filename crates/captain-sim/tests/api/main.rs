@@ -1,0 +1,17 @@
+//! Integration tests: the simulator in-process on 127.0.0.1:0, a real axum receiver for
+//! callbacks, reqwest as the client, every response validated against the official spec.
+
+// Test helpers panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod actions;
+mod callbacks;
+mod faults;
+mod lifecycle;
+mod process;
+mod ratelimits;
+mod schedules;
+mod security;
+mod validation;
