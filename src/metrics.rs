@@ -44,15 +44,24 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("captain_bridge".into()), None)?;
         let launches = IntCounterVec::new(
-            Opts::new("launch_requests_total", "Launch requests consumed, by outcome"),
+            Opts::new(
+                "launch_requests_total",
+                "Launch requests consumed, by outcome",
+            ),
             &["outcome"],
         )?;
         let api_requests = IntCounterVec::new(
-            Opts::new("api_requests_total", "Captain Data API calls, by endpoint and code"),
+            Opts::new(
+                "api_requests_total",
+                "Captain Data API calls, by endpoint and code",
+            ),
             &["endpoint", "code"],
         )?;
         let api_rate_limited = IntCounterVec::new(
-            Opts::new("api_rate_limited_total", "Captain Data API 429 answers, by mode"),
+            Opts::new(
+                "api_rate_limited_total",
+                "Captain Data API 429 answers, by mode",
+            ),
             &["mode"],
         )?;
         let api_duration = HistogramVec::new(
@@ -72,11 +81,17 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         let records_produced = IntCounterVec::new(
-            Opts::new("records_produced_total", "Records acknowledged by Kafka, by topic role"),
+            Opts::new(
+                "records_produced_total",
+                "Records acknowledged by Kafka, by topic role",
+            ),
             &["topic"],
         )?;
         let produce_errors = IntCounterVec::new(
-            Opts::new("produce_errors_total", "Records Kafka failed to take, by topic role"),
+            Opts::new(
+                "produce_errors_total",
+                "Records Kafka failed to take, by topic role",
+            ),
             &["topic"],
         )?;
         let runs_in_flight = IntGauge::new("runs_in_flight", "Submitted runs not yet final")?;

@@ -194,12 +194,14 @@ pub fn from_value(value: Value, fallback_id: &str) -> Result<LaunchRequest, Reje
 
 fn validate(wire: WireRequest, fallback_id: &str) -> Result<LaunchRequest, Rejection> {
     let request_id = match wire.request_id {
-        Some(id) if !valid_request_id(&id) => return Err(reject(
-            RejectClass::InvalidValue,
-            format!(
+        Some(id) if !valid_request_id(&id) => {
+            return Err(reject(
+                RejectClass::InvalidValue,
+                format!(
                 "request_id must be 1..={MAX_REQUEST_ID_LEN} characters without control characters"
             ),
-        )),
+            ))
+        }
         Some(id) => id,
         None => fallback_id.to_owned(),
     };
