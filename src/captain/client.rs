@@ -866,6 +866,46 @@ mod tests {
         assert!(seen[2].body.is_empty());
     }
 
+    #[derive(Default)]
+    struct CountingGate {
+        attempts: Mutex<Vec<RateMode>>,
+        limited: Mutex<Vec<Option<Duration>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl AttemptGate for CountingGate {
+        async fn before_attempt(&self, mode: RateMode) {
+            self.attempts.lock().unwrap().push(mode);
+        }
+        fn on_rate_limited(&self, _mode: RateMode, retry_after: Option<Duration>) {
+            self.limited.lock().unwrap().push(retry_after);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gate_sees_every_attempt_and_every_rate_limit() {
+        let (base, _script) = serve(vec![
+            answer_with(429, "retry-after", "1".into()),
+            answer(500, json!({"message": "boom"})),
+            answer(200, accepted()),
+        ])
+        .await;
+        let gate = Arc::new(CountingGate::default());
+        let (client, _) = client(&base);
+        let client = client.with_gate(gate.clone());
+
+        client
+            .submit_async("linkedin-extract-people", &body())
+            .await
+            .unwrap();
+
+        assert_eq!(*gate.attempts.lock().unwrap(), [RateMode::Async; 3]);
+        assert_eq!(
+            *gate.limited.lock().unwrap(),
+            [Some(Duration::from_secs(1))]
+        );
+    }
+
     #[test]
     fn the_debug_of_the_config_hides_the_api_key() {
         let dbg = format!("{:?}", config("http://localhost/v4"));
