@@ -1,1 +1,11 @@
 //! Kafka: the launch consumer with ordered offset tracking, the producer, the run-state view.
+
+pub mod admin;
+pub mod murmur2;
+pub mod offsets;
+pub mod producer;
+
+pub use admin::{ensure_topics, partition_count, AdminError, TopicSpec};
+pub use murmur2::{murmur2, partition_for_key};
+pub use offsets::{OffsetTracker, TopicPartition};
+pub use producer::{Delivered, OutRecord, ProduceError, ProducerConfig, RecordProducer};
