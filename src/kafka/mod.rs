@@ -6,6 +6,8 @@ pub mod murmur2;
 pub mod offsets;
 pub mod producer;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 pub use admin::{ensure_topics, partition_count, AdminError, TopicSpec};
 pub use consumer::{
