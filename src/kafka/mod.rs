@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod consumer;
+pub mod mock;
 pub mod murmur2;
 pub mod offsets;
 pub mod producer;
@@ -14,6 +15,7 @@ pub use consumer::{
     ConsumerConfig, ConsumerError, HandleOutcome, InboundRecord, LaunchConsumer, LaunchHandler,
     PauseControl,
 };
+pub use mock::EmbeddedKafka;
 pub use murmur2::{murmur2, partition_for_key};
 pub use offsets::{OffsetTracker, TopicPartition};
 pub use producer::{Delivered, OutRecord, ProduceError, ProducerConfig, RecordProducer};
