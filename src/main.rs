@@ -1,1 +1,77 @@
-fn main() {}
+//! The `captain-bridge` binary: parse the command line, set up logging, then hand over to
+//! the library (`run` serves until SIGTERM; `check-config` validates and exits).
+
+use anyhow::Context;
+use captain_bridge::app::Application;
+use captain_bridge::config::Settings;
+use captain_bridge::{shutdown, telemetry};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(version, about = "Kafka ⇄ Captain Data v4 bridge")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume launch requests, submit runs, serve callbacks, until SIGTERM.
+    Run {
+        /// TOML or YAML config file; every key has a default (see README).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration (file, environment, secrets) and exit.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Settings::load(config.as_deref()) {
+            Ok(_) => {
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let settings = match Settings::load(config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init(&settings.log);
+            match run(settings) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "captain-bridge stopped on error");
+                    eprintln!("captain-bridge: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let stop = CancellationToken::new();
+        shutdown::cancel_on_signal(stop.clone());
+        let app = Application::build(settings).await?;
+        app.run_until_stopped(stop).await
+    })
+}

@@ -1,0 +1,171 @@
+//! End-to-end tests: the real `captain-bridge` binary against a real Kafka broker (started by
+//! scripts/test.sh) and a real `captain-sim` process. Each test has its own topics and group.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod flow;
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use support::kafka::{Read, Topics};
+use support::procs::{Bridge, BridgeOptions, Sim};
+
+/// A simulator whose runs all succeed quickly: `max_results` results per input, in pages of 2.
+pub fn fast_sim_config(extra: &str) -> String {
+    format!(
+        r#"
+seed = 7
+time_scale = 1.0
+[timings]
+queued_after_ms = 10
+start_after_ms = 10
+page_interval_ms = 2
+[outcomes]
+succeeded = 1.0
+partial_succeeded = 0.0
+failed = 0.0
+blocked = 0.0
+stopped = 0.0
+input_failure_rate = 0.0
+[results.page_size]
+"linkedin-search-people" = 2
+[delivery]
+concurrency = 32
+timeout_ms = 5000
+max_attempts = 5
+backoff_ms = 100
+{extra}
+"#
+    )
+}
+
+pub struct Stack {
+    pub topics: Topics,
+    pub sim: Sim,
+    pub bridge: Bridge,
+    pub bootstrap: String,
+}
+
+impl Stack {
+    pub async fn start(test: &str, sim_toml: &str, bridge_env: &[(&str, &str)]) -> Self {
+        let bootstrap = support::kafka::bootstrap();
+        let topics = Topics::unique(test);
+        topics.create(&bootstrap).await;
+        let sim = Sim::start(sim_toml);
+        let bridge = Bridge::start(&BridgeOptions {
+            topics: &topics,
+            api_base: sim.api_base(),
+            bootstrap: bootstrap.clone(),
+            env: bridge_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+        .await;
+        Self {
+            topics,
+            sim,
+            bridge,
+            bootstrap,
+        }
+    }
+
+    pub async fn produce(&self, requests: &[Value]) {
+        let producer = support::kafka::producer(&self.bootstrap);
+        let records: Vec<(String, Vec<u8>)> = requests
+            .iter()
+            .map(|r| {
+                (
+                    r["request_id"].as_str().unwrap_or("no-id").to_owned(),
+                    serde_json::to_vec(r).unwrap(),
+                )
+            })
+            .collect();
+        support::kafka::produce_all(&producer, &self.topics.launch, &records).await;
+    }
+}
+
+/// An async search request: `inputs` searches, `max_results` results each.
+pub fn search_request(id: &str, inputs: usize, max_results: u64) -> Value {
+    json!({
+        "request_id": id,
+        "action": "linkedin-search-people",
+        "inputs": (0..inputs).map(|i| json!({
+            "linkedin_people_search_url": format!("https://www.linkedin.com/search/results/people/?keywords={id}-{i}"),
+            "custom_data": {"row": i.to_string()}
+        })).collect::<Vec<_>>(),
+        "parameters": {"max_results": max_results},
+        "metadata": {"ticket": id}
+    })
+}
+
+/// Status events grouped by request_id, in topic order.
+pub fn statuses_by_request(records: &[Read]) -> BTreeMap<String, Vec<Value>> {
+    let mut by: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut sorted: Vec<&Read> = records.iter().collect();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    for r in sorted {
+        let v = r.json();
+        by.entry(v["request_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v);
+    }
+    by
+}
+
+pub fn final_status_count(records: &[Read], status: &str) -> usize {
+    records
+        .iter()
+        .filter(|r| r.json()["status"] == status)
+        .count()
+}
+
+/// Per run: statuses only move forward, each event's previous_status is the one before it,
+/// and nothing is published twice.
+pub fn assert_transitions_in_order(events: &[Value]) {
+    let rank = |s: &str| match s {
+        "CREATED" | "SCHEDULED" => 0,
+        "QUEUED" => 1,
+        "RUNNING" | "BLOCKED" | "STOPPED" => 2,
+        _ => 3,
+    };
+    let mut last: HashMap<String, String> = HashMap::new();
+    for e in events {
+        let run = e["run_uid"].as_str().unwrap_or("-").to_owned();
+        let status = e["status"].as_str().unwrap().to_owned();
+        let previous = e["previous_status"].as_str().map(str::to_owned);
+        let before = last.get(&run).cloned();
+        assert_eq!(
+            previous, before,
+            "previous_status chain broken in {events:#?}"
+        );
+        if let Some(before) = &before {
+            let resumed = matches!(before.as_str(), "BLOCKED" | "STOPPED")
+                && matches!(status.as_str(), "QUEUED" | "RUNNING");
+            assert!(
+                (rank(&status) >= rank(before) && status != *before) || resumed,
+                "backward or duplicate transition {before} -> {status} in {events:#?}"
+            );
+        }
+        last.insert(run, status);
+    }
+}
+
+/// Result ids, and how many times each was seen.
+pub fn result_id_counts(records: &[Read]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in records {
+        *counts
+            .entry(r.json()["result_id"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+pub fn request_ids(records: &[Read]) -> HashSet<String> {
+    records
+        .iter()
+        .map(|r| r.json()["request_id"].as_str().unwrap().to_owned())
+        .collect()
+}
