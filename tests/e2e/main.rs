@@ -4,6 +4,8 @@
 
 mod support;
 
+mod callbacks_http;
+mod dead_letter;
 mod flow;
 
 use serde_json::{json, Value};
