@@ -112,6 +112,7 @@ impl Application {
             metrics: metrics.clone(),
             ack_timeout: settings.callbacks.ack_timeout,
             dedupe_window: settings.callbacks.dedupe_window,
+            submit_wait: settings.callbacks.submit_wait,
         });
         let callback_state = CallbackState {
             keys,

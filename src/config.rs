@@ -177,6 +177,10 @@ pub struct CallbackSettings {
     pub ack_timeout: Duration,
     /// Batches remembered per run for duplicate detection.
     pub dedupe_window: usize,
+    /// How long a callback that overtook its submit answer waits for the launch path to record
+    /// the submission, so that CREATED is published before the callback's status.
+    #[serde(with = "humantime_serde")]
+    pub submit_wait: Duration,
 }
 
 impl Default for CallbackSettings {
@@ -191,6 +195,7 @@ impl Default for CallbackSettings {
             max_body_bytes: 8 * 1024 * 1024,
             ack_timeout: Duration::from_secs(10),
             dedupe_window: 512,
+            submit_wait: Duration::from_secs(2),
         }
     }
 }

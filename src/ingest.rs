@@ -28,6 +28,8 @@ pub struct CallbackProcessor {
     pub(crate) ack_timeout: Duration,
     /// Batches remembered per run for duplicate detection.
     pub(crate) dedupe_window: usize,
+    /// Longest wait for the launch path to record a submission whose callback came first.
+    pub(crate) submit_wait: Duration,
 }
 
 impl CallbackSink for CallbackProcessor {
@@ -48,6 +50,30 @@ fn unavailable(reason: impl std::fmt::Display) -> SinkError {
 }
 
 impl CallbackProcessor {
+    /// A callback can overtake the submit answer it belongs to, and the two may be handled by
+    /// different instances, which the per-request lock does not serialise. Waiting (briefly,
+    /// without the lock) until the launch path has recorded the chunk's submission keeps the
+    /// run's story in order: CREATED is published before the callback's status. Past the wait
+    /// the callback is processed anyway: the launch path then finds the run already moved on
+    /// and publishes no stale CREATED (same instance), or may (another instance, see README).
+    async fn await_submission_record(&self, claims: &CallbackClaims) {
+        let deadline = tokio::time::Instant::now() + self.submit_wait;
+        loop {
+            let pending = match self.state.get(&claims.request_id).await {
+                Ok(Some(state)) => state.chunks.iter().any(|c| {
+                    c.index == claims.chunk
+                        && !c.submitted
+                        && c.status != Some(crate::domain::RunStatus::SubmitFailed)
+                }),
+                Ok(None) | Err(_) => false,
+            };
+            if !pending || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     async fn process(
         &self,
         claims: CallbackClaims,
@@ -56,6 +82,7 @@ impl CallbackProcessor {
         let request_id = claims.request_id.as_str();
         let run_uid = payload.run.run_uid.as_str();
         let batch_uid = payload.run.batch_uid.as_str();
+        self.await_submission_record(&claims).await;
         // Serialises with the launch path and other callbacks of this request on this instance.
         let _guard = self.locks.lock(request_id).await;
         let mut state = tokio::time::timeout(self.ack_timeout, self.state.get(request_id))

@@ -7,6 +7,7 @@ mod support;
 mod callbacks_http;
 mod dead_letter;
 mod flow;
+mod scaling;
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
