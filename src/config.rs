@@ -496,6 +496,9 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
+    /// Tests that set or depend on process environment variables take this lock.
+    static PROCESS_ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn with_secrets() -> impl Fn(&str) -> Option<String> {
         env(&[
             (ENV_API_KEY, "key"),
@@ -548,7 +551,8 @@ mod tests {
     fn environment_overrides_the_file() {
         let f = file("[kafka]\nbootstrap_servers = \"file:1\"\n", "yaml.toml");
         let e = env(&[(ENV_API_KEY, "key"), (ENV_CALLBACK_KEYS, "k1:x")]);
-        // figment reads the process environment; use a variable unique to this test.
+        // figment reads the process environment.
+        let _env = PROCESS_ENV.lock().unwrap_or_else(|e| e.into_inner());
         std::env::set_var("CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT", "7");
         let s = Settings::load_from(Some(f.path()), e).unwrap();
         std::env::remove_var("CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT");
@@ -570,6 +574,19 @@ mod tests {
         assert!(
             err.to_string().starts_with("callbacks.public_base_url:"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_config_loads_and_equals_the_defaults() {
+        let _env = PROCESS_ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/captain-bridge.example.toml");
+        let s = Settings::load_from(Some(&path), with_secrets()).unwrap();
+        let defaults = Settings::load_from(None, with_secrets()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            serde_json::to_value(&defaults).unwrap(),
+            "deploy/captain-bridge.example.toml must list every key with its default"
         );
     }
 

@@ -231,4 +231,90 @@ mod tests {
         assert_eq!(v["status"], "REJECTED");
         assert_eq!(v["source"], "bridge");
     }
+
+    fn schema_fields(avsc: &str) -> Vec<String> {
+        let schema: Value = serde_json::from_str(avsc).unwrap();
+        let mut names: Vec<String> = schema["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn json_fields<T: Serialize>(value: &T) -> Vec<String> {
+        let mut names: Vec<String> = serde_json::to_value(value)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn published_records_have_exactly_the_fields_of_the_schema_contract() {
+        let event = RunStatusEvent {
+            request_id: "r".into(),
+            run_uid: Some("u".into()),
+            schedule_uid: None,
+            chunk: 0,
+            action: "a".into(),
+            mode: Mode::Async,
+            status: RunStatus::Running,
+            previous_status: Some(RunStatus::Created),
+            error: None,
+            source: StatusSource::Callback,
+            occurred_at: Utc::now(),
+            metadata: BTreeMap::new(),
+        };
+        assert_eq!(
+            json_fields(&event),
+            schema_fields(include_str!("../../schemas/RunStatusEvent.avsc"))
+        );
+        let result = RunResult {
+            result_id: RunResult::result_id("u", "b", 0),
+            request_id: "r".into(),
+            run_uid: "u".into(),
+            batch_uid: "b".into(),
+            index: 0,
+            action: "a".into(),
+            input: None,
+            custom_data: None,
+            result: serde_json::json!({}),
+            received_at: Utc::now(),
+            metadata: BTreeMap::new(),
+        };
+        assert_eq!(
+            json_fields(&result),
+            schema_fields(include_str!("../../schemas/RunResult.avsc"))
+        );
+    }
+
+    #[test]
+    fn every_launch_request_field_of_the_schema_contract_is_accepted() {
+        let mut request = serde_json::Map::new();
+        for name in schema_fields(include_str!("../../schemas/LaunchRequest.avsc")) {
+            let value = match name.as_str() {
+                "action" => serde_json::json!("linkedin-extract-people"),
+                "mode" => serde_json::json!("schedule"),
+                "inputs" => serde_json::json!([{"linkedin_profile_url": "u"}]),
+                "parameters" => serde_json::json!({}),
+                "identity_ids" => serde_json::json!(["i"]),
+                "identity_mode" => serde_json::json!("auto"),
+                "schedule" => {
+                    serde_json::json!({"cron": "0 8 * * 1", "schedule_at": null, "timezone": "UTC"})
+                }
+                "metadata" => serde_json::json!({"k": "v"}),
+                other => serde_json::json!(other),
+            };
+            request.insert(name, value);
+        }
+        let parsed = crate::domain::request::from_value(Value::Object(request), "x");
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
 }
