@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What a submission needs besides the request itself.
 #[derive(Clone)]
@@ -125,13 +126,16 @@ impl LaunchProcessor {
     }
 
     async fn launch(&self, request: LaunchRequest) -> Result<(), Interrupted> {
+        let span = tracing::info_span!("launch", request_id = %request.request_id, action = %request.action);
+        self.submit_chunks(request).instrument(span).await
+    }
+
+    async fn submit_chunks(&self, request: LaunchRequest) -> Result<(), Interrupted> {
         let max = match request.mode {
             Mode::Async => self.settings.async_max_inputs,
             Mode::Schedule => self.settings.schedule_max_inputs,
         };
         let chunks = request::chunk_inputs(&request.inputs, max);
-        let span = tracing::info_span!("launch", request_id = %request.request_id, action = %request.action);
-        let _enter = span.enter();
 
         // A request_id already submitted (redelivery, restart, or a producer's retry) is not
         // submitted again; only chunks without an outcome are.
