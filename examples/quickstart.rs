@@ -205,9 +205,6 @@ async fn run() -> anyhow::Result<()> {
     sim.shutdown().await;
     drop(watcher);
     drop(producer);
-    // run_until_stopped returns before the run-state follower task has dropped its consumer;
-    // without this pause librdkafka logs "all brokers down" from it when the cluster goes.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     // Last: dropping the cluster stops the brokers the clients above talked to.
     drop(kafka);
 

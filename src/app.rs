@@ -35,6 +35,7 @@ pub struct Application {
     callback_state: CallbackState,
     /// Cancelled when the drain deadline passes: in-flight launches give up (and are redone).
     abort: CancellationToken,
+    state: Arc<StateView<RunState>>,
     state_stop: CancellationToken,
 }
 
@@ -107,7 +108,7 @@ impl Application {
         let sink = Arc::new(CallbackProcessor {
             records,
             producer: producer.clone(),
-            state,
+            state: state.clone(),
             locks,
             metrics: metrics.clone(),
             ack_timeout: settings.callbacks.ack_timeout,
@@ -135,6 +136,7 @@ impl Application {
             launch,
             callback_state,
             abort,
+            state,
             state_stop,
         })
     }
@@ -162,6 +164,7 @@ impl Application {
             launch,
             callback_state,
             abort,
+            state,
             state_stop,
         } = self;
 
@@ -234,6 +237,7 @@ impl Application {
             tracing::error!(error = %e, "producer flush failed");
         }
         state_stop.cancel();
+        state.stopped().await;
         ops_stop.cancel();
         let _ = ops.await;
         drop(metrics);

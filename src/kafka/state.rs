@@ -138,6 +138,9 @@ fn apply<T>(
 /// not seen until restart.
 pub struct StateView<T> {
     inner: Arc<Inner<T>>,
+    /// The background follower, awaited by [`StateView::stopped`] so shutdown can make sure its
+    /// consumer has left before the process (or an embedded broker) goes away.
+    follower: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -145,6 +148,7 @@ impl<T> Clone for StateView<T> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            follower: self.follower.clone(),
             _value: PhantomData,
         }
     }
@@ -218,7 +222,7 @@ where
             consumer,
             config,
         });
-        tokio::spawn(follow(inner.clone(), shutdown));
+        let follower = tokio::spawn(follow(inner.clone(), shutdown));
         let highs: Vec<i64> = watermarks.iter().map(|(_, high)| *high).collect();
         let mut rx = inner.positions.subscribe();
         let caught_up = rx.wait_for(|pos| pos.iter().zip(&highs).all(|(p, h)| p >= h));
@@ -233,8 +237,18 @@ where
         }
         Ok(Self {
             inner,
+            follower: Arc::new(tokio::sync::Mutex::new(Some(follower))),
             _value: PhantomData,
         })
+    }
+
+    /// Waits until the follower has ended (after its shutdown token was cancelled).
+    pub async fn stopped(&self) {
+        if let Some(handle) = self.follower.lock().await.take() {
+            if let Err(e) = handle.await {
+                tracing::warn!(error = %e, "run-state follower ended abnormally");
+            }
+        }
     }
 
     /// The partition holding `key` (Java's default partitioner over the topic's partitions).
