@@ -29,7 +29,8 @@ pub struct LimiterConfig {
     pub floor_per_sec: f64,
     /// The rate never probes above this.
     pub ceiling_per_sec: f64,
-    /// Multiplier applied to the rate on a 429 (at most once per cooldown).
+    /// Multiplier applied to the rate on a 429: at most once per cooldown and once per
+    /// `probe_interval`, since the 429s of one burst arrive together and one cut is enough.
     pub decrease_factor: f64,
     /// Requests per second added back for each second without a 429 (additive increase).
     pub increase_per_sec: f64,
