@@ -2,13 +2,19 @@
 //! served on `/metrics`. Labels are low-cardinality by construction: never a request id.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for HTTP calls to the API and callback acknowledgement (seconds).
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets for time spent waiting in the API rate limiter (seconds): pacing waits are
+/// milliseconds, cooldowns after a 429 seconds to minutes.
+const LIMITER_WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
 /// The bridge's metrics. Cheap to clone (every field is an `Arc` inside).
@@ -38,6 +44,17 @@ pub struct Metrics {
     pub runs_in_flight: IntGauge,
     /// Launch requests being processed right now (validated, submitting, publishing).
     pub launches_in_flight: IntGauge,
+    /// 429 answers seen by the rate limiter, by key name (the configured name, never the
+    /// secret) and mode.
+    pub limiter_rate_limited: IntCounterVec,
+    /// Seconds the rate limiter held a key in cooldown after 429s, by key name.
+    pub limiter_cooldown_seconds: CounterVec,
+    /// Rate the limiter currently lets through (requests per second), by key name.
+    pub limiter_permitted_rate: GaugeVec,
+    /// Attempts waiting in the rate limiter right now, by key name.
+    pub limiter_waiting: IntGaugeVec,
+    /// Time one attempt waited in the rate limiter (pacing and cooldown), by key name.
+    pub limiter_wait: HistogramVec,
 }
 
 impl Metrics {
@@ -98,6 +115,43 @@ impl Metrics {
         let launches_in_flight =
             IntGauge::new("launches_in_flight", "Launch requests being processed")?;
 
+        let limiter_rate_limited = IntCounterVec::new(
+            Opts::new(
+                "api_limiter_rate_limited_total",
+                "429 answers seen by the rate limiter, by key name and mode",
+            ),
+            &["key", "mode"],
+        )?;
+        let limiter_cooldown_seconds = CounterVec::new(
+            Opts::new(
+                "api_rate_limit_cooldown_seconds_total",
+                "Seconds a key spent in cooldown after 429 answers",
+            ),
+            &["key"],
+        )?;
+        let limiter_permitted_rate = GaugeVec::new(
+            Opts::new(
+                "api_permitted_rate",
+                "Requests per second the rate limiter currently lets through",
+            ),
+            &["key"],
+        )?;
+        let limiter_waiting = IntGaugeVec::new(
+            Opts::new(
+                "api_requests_waiting",
+                "Attempts waiting in the rate limiter",
+            ),
+            &["key"],
+        )?;
+        let limiter_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "api_limiter_wait_seconds",
+                "Time one attempt waited in the rate limiter",
+            )
+            .buckets(LIMITER_WAIT_BUCKETS.to_vec()),
+            &["key"],
+        )?;
+
         registry.register(Box::new(launches.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
         registry.register(Box::new(api_rate_limited.clone()))?;
@@ -108,6 +162,11 @@ impl Metrics {
         registry.register(Box::new(produce_errors.clone()))?;
         registry.register(Box::new(runs_in_flight.clone()))?;
         registry.register(Box::new(launches_in_flight.clone()))?;
+        registry.register(Box::new(limiter_rate_limited.clone()))?;
+        registry.register(Box::new(limiter_cooldown_seconds.clone()))?;
+        registry.register(Box::new(limiter_permitted_rate.clone()))?;
+        registry.register(Box::new(limiter_waiting.clone()))?;
+        registry.register(Box::new(limiter_wait.clone()))?;
 
         Ok(Self {
             registry,
@@ -121,6 +180,11 @@ impl Metrics {
             produce_errors,
             runs_in_flight,
             launches_in_flight,
+            limiter_rate_limited,
+            limiter_cooldown_seconds,
+            limiter_permitted_rate,
+            limiter_waiting,
+            limiter_wait,
         })
     }
 

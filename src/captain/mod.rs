@@ -4,6 +4,7 @@
 
 mod client;
 mod error;
+pub mod limiter;
 mod retry;
 pub mod wire;
 
@@ -11,6 +12,7 @@ pub use client::{
     CaptainClient, ClientBuildError, ClientConfig, ScheduleCommand, CALLBACKS_PAGE_SIZE,
 };
 pub use error::{AttemptError, SubmitError};
+pub use limiter::{AdaptiveLimiter, LimiterConfig, LimiterConfigError};
 pub use retry::{rate_limit_wait, AttemptGate, RateMode, RetryPolicy};
 pub use wire::{
     AcceptedStatus, ApiError, AsyncRunAccepted, AsyncRunBody, CallbackDeliveryStatus,

@@ -86,6 +86,12 @@ pub trait AttemptGate: Send + Sync {
     async fn before_attempt(&self, mode: RateMode);
     /// Told of each 429, with the wait the API asked for, if any.
     fn on_rate_limited(&self, mode: RateMode, retry_after: Option<Duration>);
+    /// Whether `before_attempt` itself holds attempts back after a 429 (a cooldown). When
+    /// true the retry loop does not sleep the wait as well, so a request never waits twice;
+    /// the wait still counts against `max_rate_limit_wait`.
+    fn waits_out_rate_limits(&self) -> bool {
+        false
+    }
 }
 
 /// The wait a 429 answer asks for: `Retry-After` (delta-seconds or HTTP-date), else
@@ -173,7 +179,9 @@ where
                     mode = mode.as_str(),
                     "api rate limited, waiting"
                 );
-                tokio::time::sleep(wait).await;
+                if !gate.is_some_and(|g| g.waits_out_rate_limits()) {
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
     }
@@ -245,5 +253,75 @@ mod tests {
             Some(Duration::from_secs(5))
         );
         assert_eq!(rate_limit_wait(&HeaderMap::new(), now), None);
+    }
+
+    /// Holds attempts back until the end of the last Retry-After it was told of.
+    struct CooldownGate {
+        owns_wait: bool,
+        until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    }
+
+    #[async_trait::async_trait]
+    impl AttemptGate for CooldownGate {
+        async fn before_attempt(&self, _mode: RateMode) {
+            let until = *self.until.lock().unwrap();
+            if let Some(until) = until {
+                tokio::time::sleep_until(until).await;
+            }
+        }
+        fn on_rate_limited(&self, _mode: RateMode, retry_after: Option<Duration>) {
+            *self.until.lock().unwrap() = Some(tokio::time::Instant::now() + retry_after.unwrap());
+        }
+        fn waits_out_rate_limits(&self) -> bool {
+            self.owns_wait
+        }
+    }
+
+    async fn elapsed_through_one_429(gate: &CooldownGate) -> Duration {
+        let started = tokio::time::Instant::now();
+        let mut calls = 0;
+        let result: Result<(), SubmitError> =
+            run_with_retry(&RetryPolicy::default(), Some(gate), RateMode::Async, || {
+                calls += 1;
+                let first = calls == 1;
+                async move {
+                    if first {
+                        Verdict::RateLimited {
+                            retry_after: Some(Duration::from_secs(2)),
+                            error: AttemptError::RateLimited {
+                                message: "slow down".into(),
+                            },
+                        }
+                    } else {
+                        Verdict::Success(())
+                    }
+                }
+            })
+            .await;
+        result.unwrap();
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gate_that_waits_out_rate_limits_is_not_doubled_by_the_retry_loop() {
+        let gate = CooldownGate {
+            owns_wait: true,
+            until: Default::default(),
+        };
+        let elapsed = elapsed_through_one_429(&gate).await;
+        assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(2100), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_gate_owning_the_wait_the_retry_loop_sleeps_retry_after_itself() {
+        let gate = CooldownGate {
+            owns_wait: false,
+            until: std::sync::Mutex::new(None),
+        };
+        // The gate's own cooldown has passed by the time the loop's sleep ends: one wait, 2 s.
+        let elapsed = elapsed_through_one_429(&gate).await;
+        assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(2100), "{elapsed:?}");
     }
 }
