@@ -4,7 +4,7 @@
 //! in-flight launches within the deadline, stop accepting callbacks, flush the producer.
 
 use crate::callbacks::{self, CallbackState, Readiness, TokenKeys};
-use crate::captain::{CaptainClient, ClientConfig, RetryPolicy};
+use crate::captain::{AdaptiveLimiter, CaptainClient, ClientConfig, RetryPolicy};
 use crate::config::Settings;
 use crate::domain::RunState;
 use crate::ingest::CallbackProcessor;
@@ -35,6 +35,7 @@ pub struct Application {
     callback_state: CallbackState,
     /// Cancelled when the drain deadline passes: in-flight launches give up (and are redone).
     abort: CancellationToken,
+    limiter: Arc<AdaptiveLimiter>,
     state: Arc<StateView<RunState>>,
     state_stop: CancellationToken,
 }
@@ -78,9 +79,18 @@ impl Application {
                 .await
                 .context("loading the run state topic")?,
         );
+        // One limiter for the API key, shared by every call of this instance (retries too).
+        let limiter = Arc::new(
+            AdaptiveLimiter::new(
+                settings.captain.rate_limit.limiter_config(),
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("captain.rate_limit.{}: {}", e.field, e.reason))?,
+        );
         let client = Arc::new(
             CaptainClient::new(client_config(&settings)?, metrics.clone())
-                .context("creating the Captain Data client")?,
+                .context("creating the Captain Data client")?
+                .with_gate(limiter.clone()),
         );
         let locks = Arc::new(RequestLocks::default());
         let records = RecordBuilder::new(settings.kafka.topics.clone());
@@ -136,6 +146,7 @@ impl Application {
             launch,
             callback_state,
             abort,
+            limiter,
             state,
             state_stop,
         })
@@ -164,6 +175,7 @@ impl Application {
             launch,
             callback_state,
             abort,
+            limiter,
             state,
             state_stop,
         } = self;
@@ -181,6 +193,12 @@ impl Application {
             callbacks_stop.clone().cancelled_owned(),
         ));
         let consume_stop = CancellationToken::new();
+        tokio::spawn(pause_during_cooldowns(
+            limiter,
+            consumer.pause_control(),
+            settings.captain.rate_limit.pause_consumer_after,
+            consume_stop.clone(),
+        ));
         let mut consuming = tokio::spawn(consumer.run(launch, consume_stop.clone()));
         readiness.set_ready(true);
         tracing::info!(
@@ -245,6 +263,36 @@ impl Application {
         match failure {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+/// Pauses the launch partitions while the API key cools down for longer than `threshold`:
+/// records stay in Kafka instead of piling up in memory as waiting submissions, and the
+/// consumer keeps polling so it stays in its group however long the cooldown.
+async fn pause_during_cooldowns(
+    limiter: Arc<AdaptiveLimiter>,
+    pause: Arc<kafka::PauseControl>,
+    threshold: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut paused = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let cooling = limiter.cooling_down().is_some_and(|left| left > threshold);
+        if cooling != paused {
+            paused = cooling;
+            if paused {
+                tracing::warn!(cooldown = ?limiter.cooling_down(), "API cooldown: pausing launch partitions");
+                pause.pause_all();
+            } else {
+                tracing::info!("API cooldown over: resuming launch partitions");
+                pause.resume_all();
+            }
         }
     }
 }

@@ -137,6 +137,72 @@ pub struct CaptainSettings {
     pub async_max_inputs: usize,
     /// Inputs per schedule (the API allows 100).
     pub schedule_max_inputs: usize,
+    /// The shared, adaptive rate limiter every API call of this instance goes through.
+    pub rate_limit: RateLimitSettings,
+}
+
+/// `[captain.rate_limit]`: set `rate_per_sec`/`ceiling_per_sec` to your plan's rate; a rate
+/// above the real limit converges down to it on 429s (AIMD) and probes back up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Name of the API key in metrics (the `key` label); never the key itself.
+    pub key_name: String,
+    pub rate_per_sec: f64,
+    pub burst: u32,
+    pub floor_per_sec: f64,
+    pub ceiling_per_sec: f64,
+    /// Rate multiplier on a 429 (once per cooldown).
+    pub decrease_factor: f64,
+    /// Requests per second added back per quiet `probe_interval`.
+    pub increase_per_sec: f64,
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Cooldown after a 429 without `Retry-After` / `X-RateLimit-Reset`.
+    #[serde(with = "humantime_serde")]
+    pub default_cooldown: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_cooldown: Duration,
+    /// A cooldown longer than this pauses the launch partitions (the consumer keeps polling,
+    /// so it stays in its group) instead of piling requests up in memory.
+    #[serde(with = "humantime_serde")]
+    pub pause_consumer_after: Duration,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        let l = crate::captain::LimiterConfig::default();
+        Self {
+            key_name: l.key_name,
+            rate_per_sec: l.rate_per_sec,
+            burst: l.burst,
+            floor_per_sec: l.floor_per_sec,
+            ceiling_per_sec: l.ceiling_per_sec,
+            decrease_factor: l.decrease_factor,
+            increase_per_sec: l.increase_per_sec,
+            probe_interval: l.probe_interval,
+            default_cooldown: l.default_cooldown,
+            max_cooldown: l.max_cooldown,
+            pause_consumer_after: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RateLimitSettings {
+    pub fn limiter_config(&self) -> crate::captain::LimiterConfig {
+        crate::captain::LimiterConfig {
+            key_name: self.key_name.clone(),
+            rate_per_sec: self.rate_per_sec,
+            burst: self.burst,
+            floor_per_sec: self.floor_per_sec,
+            ceiling_per_sec: self.ceiling_per_sec,
+            decrease_factor: self.decrease_factor,
+            increase_per_sec: self.increase_per_sec,
+            probe_interval: self.probe_interval,
+            default_cooldown: self.default_cooldown,
+            max_cooldown: self.max_cooldown,
+        }
+    }
 }
 
 impl Default for CaptainSettings {
@@ -151,6 +217,7 @@ impl Default for CaptainSettings {
             max_rate_limit_wait: Duration::from_secs(600),
             async_max_inputs: 100_000,
             schedule_max_inputs: 100,
+            rate_limit: RateLimitSettings::default(),
         }
     }
 }
@@ -411,6 +478,11 @@ impl Settings {
                 "must be within 1..=100 (the API's limit)",
             ));
         }
+        self.captain
+            .rate_limit
+            .limiter_config()
+            .validate()
+            .map_err(|e| invalid(&format!("captain.rate_limit.{}", e.field), e.reason))?;
         if self.callbacks.max_body_bytes < 1024 {
             return Err(invalid("callbacks.max_body_bytes", "must be at least 1024"));
         }

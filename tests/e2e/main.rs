@@ -7,6 +7,7 @@ mod support;
 mod callbacks_http;
 mod dead_letter;
 mod flow;
+mod rate_limit;
 mod scaling;
 
 use serde_json::{json, Value};

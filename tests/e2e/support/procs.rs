@@ -182,6 +182,10 @@ control = "{control}"
 base_url = "{api}"
 initial_backoff = "50ms"
 max_backoff = "500ms"
+[captain.rate_limit]
+rate_per_sec = 2000.0
+ceiling_per_sec = 2000.0
+burst = 200
 [callbacks]
 listen = "127.0.0.1:{callback_port}"
 public_base_url = "http://127.0.0.1:{callback_port}"
