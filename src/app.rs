@@ -195,6 +195,7 @@ impl Application {
         let consume_stop = CancellationToken::new();
         tokio::spawn(pause_during_cooldowns(
             limiter,
+            metrics.launch_paused_for_cooldown.clone(),
             consumer.pause_control(),
             settings.captain.rate_limit.pause_consumer_after,
             consume_stop.clone(),
@@ -272,6 +273,7 @@ impl Application {
 /// consumer keeps polling so it stays in its group however long the cooldown.
 async fn pause_during_cooldowns(
     limiter: Arc<AdaptiveLimiter>,
+    paused_gauge: prometheus::IntGauge,
     pause: Arc<kafka::PauseControl>,
     threshold: Duration,
     stop: CancellationToken,
@@ -286,6 +288,7 @@ async fn pause_during_cooldowns(
         let cooling = limiter.cooling_down().is_some_and(|left| left > threshold);
         if cooling != paused {
             paused = cooling;
+            paused_gauge.set(i64::from(paused));
             if paused {
                 tracing::warn!(cooldown = ?limiter.cooling_down(), "API cooldown: pausing launch partitions");
                 pause.pause_all();

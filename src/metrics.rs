@@ -44,6 +44,8 @@ pub struct Metrics {
     pub runs_in_flight: IntGauge,
     /// Launch requests being processed right now (validated, submitting, publishing).
     pub launches_in_flight: IntGauge,
+    /// 1 while the launch partitions are paused because the API key is cooling down.
+    pub launch_paused_for_cooldown: IntGauge,
     /// 429 answers seen by the rate limiter, by key name (the configured name, never the
     /// secret) and mode.
     pub limiter_rate_limited: IntCounterVec,
@@ -152,6 +154,11 @@ impl Metrics {
             &["key"],
         )?;
 
+        let launch_paused_for_cooldown = IntGauge::new(
+            "launch_paused_for_cooldown",
+            "1 while launch partitions are paused for an API rate-limit cooldown",
+        )?;
+        registry.register(Box::new(launch_paused_for_cooldown.clone()))?;
         registry.register(Box::new(launches.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
         registry.register(Box::new(api_rate_limited.clone()))?;
@@ -180,6 +187,7 @@ impl Metrics {
             produce_errors,
             runs_in_flight,
             launches_in_flight,
+            launch_paused_for_cooldown,
             limiter_rate_limited,
             limiter_cooldown_seconds,
             limiter_permitted_rate,
