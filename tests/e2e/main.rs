@@ -4,6 +4,7 @@
 
 mod support;
 
+mod crash;
 mod flow;
 
 use serde_json::{json, Value};
