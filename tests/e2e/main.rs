@@ -6,6 +6,7 @@ mod support;
 
 mod crash;
 mod flow;
+mod outage;
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -50,7 +51,16 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(test: &str, sim_toml: &str, bridge_env: &[(&str, &str)]) -> Self {
-        let bootstrap = support::kafka::bootstrap();
+        Self::start_on(support::kafka::bootstrap(), test, sim_toml, bridge_env).await
+    }
+
+    /// As [`Stack::start`], on the broker at `bootstrap` (a test's own broker).
+    pub async fn start_on(
+        bootstrap: String,
+        test: &str,
+        sim_toml: &str,
+        bridge_env: &[(&str, &str)],
+    ) -> Self {
         let topics = Topics::unique(test);
         topics.create(&bootstrap).await;
         let sim = Sim::start(sim_toml);
