@@ -132,8 +132,11 @@ async fn replay_failed_callbacks(sim: &support::procs::Sim) -> usize {
 async fn a_bridge_killed_with_sigkill_mid_stream_loses_no_request_and_no_result_once_restarted() {
     // While the bridge is dead its callback port refuses connections: the simulator retries with
     // a doubling backoff (0.5 s, 1 s, 2 s, ...), far more often than the outage lasts. A little API
-    // latency keeps submissions in flight, so the kill lands inside the launch window too.
+    // latency keeps submissions in flight, so the kill lands inside the launch window too; runs
+    // that last a few hundred ms keep callbacks in flight across the kill and the outage.
     let sim_toml = fast_sim_config("[faults]\nlatency_ms = 150\nlatency_jitter_ms = 100\n")
+        .replace("start_after_ms = 10", "start_after_ms = 300")
+        .replace("page_interval_ms = 2", "page_interval_ms = 200")
         .replace("max_attempts = 5", "max_attempts = 20")
         .replace("backoff_ms = 100", "backoff_ms = 500")
         .replace(
@@ -166,6 +169,21 @@ async fn a_bridge_killed_with_sigkill_mid_stream_loses_no_request_and_no_result_
         started.elapsed().as_secs_f64()
     );
 
+    // Stay dead until callbacks have failed against the closed port (the restart alone takes
+    // well under a second, too short for the runs in progress to notice).
+    let dead_until = Instant::now() + Duration::from_secs(10);
+    while stack.sim.stats().await["callbacks"]["attempts_failed"]
+        .as_u64()
+        .unwrap_or(0)
+        < 20
+        && Instant::now() < dead_until
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "e2e crash: restarting after {:.2} s dead",
+        killed.elapsed().as_secs_f64()
+    );
     stack.bridge.restart().await;
     let restarted = Instant::now();
     eprintln!(
@@ -235,6 +253,30 @@ async fn a_bridge_killed_with_sigkill_mid_stream_loses_no_request_and_no_result_
         .flat_map(BTreeMap::values)
         .map(|s| s.len() - s.iter().collect::<HashSet<_>>().len())
         .sum();
+    let by_request = statuses_by_request(&status.records);
+    for (id, runs) in ledger
+        .runs
+        .iter()
+        .filter(|(_, runs)| {
+            runs.values()
+                .any(|s| s.len() != s.iter().collect::<HashSet<_>>().len())
+        })
+        .take(3)
+    {
+        let events: Vec<String> = by_request[id]
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}<-{} by {}",
+                    e["status"], e["previous_status"], e["source"]
+                )
+            })
+            .collect();
+        eprintln!(
+            "e2e crash: repeated status in {id} ({} runs): {events:?}",
+            runs.len()
+        );
+    }
     let stray: Vec<&String> = ledger.runs.keys().filter(|id| !ids.contains(id)).collect();
     assert!(stray.is_empty(), "statuses for unknown requests: {stray:?}");
     eprintln!(
