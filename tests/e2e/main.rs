@@ -5,8 +5,10 @@
 mod support;
 
 mod callbacks_http;
+mod crash;
 mod dead_letter;
 mod flow;
+mod outage;
 mod rate_limit;
 mod scaling;
 
@@ -53,7 +55,16 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(test: &str, sim_toml: &str, bridge_env: &[(&str, &str)]) -> Self {
-        let bootstrap = support::kafka::bootstrap();
+        Self::start_on(support::kafka::bootstrap(), test, sim_toml, bridge_env).await
+    }
+
+    /// As [`Stack::start`], on the broker at `bootstrap` (a test's own broker).
+    pub async fn start_on(
+        bootstrap: String,
+        test: &str,
+        sim_toml: &str,
+        bridge_env: &[(&str, &str)],
+    ) -> Self {
         let topics = Topics::unique(test);
         topics.create(&bootstrap).await;
         let sim = Sim::start(sim_toml);

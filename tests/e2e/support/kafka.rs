@@ -204,3 +204,92 @@ impl Collector {
         }
     }
 }
+
+/// A broker of a test's own (scripts/kafka.sh with a unique `CAPTAIN_KAFKA_INSTANCE`), so the
+/// test can freeze it without disturbing the others. Stopped on drop, even when the test fails.
+pub struct OwnBroker {
+    instance: String,
+    pub bootstrap: String,
+    pub pid: u32,
+}
+
+impl OwnBroker {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh")
+    }
+
+    /// Starts the broker; blocks until it answers metadata requests.
+    pub fn start(name: &str) -> Self {
+        let instance = format!("{name}-{}", uuid::Uuid::new_v4().simple());
+        let out = std::process::Command::new(Self::script())
+            .arg("start")
+            .env("CAPTAIN_KAFKA_INSTANCE", &instance)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run scripts/kafka.sh start");
+        // Stops the broker even if what follows panics.
+        let mut broker = Self {
+            instance,
+            bootstrap: String::new(),
+            pid: 0,
+        };
+        assert!(
+            out.status.success(),
+            "kafka.sh start failed: {}",
+            out.status
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        broker.bootstrap = stdout
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("KAFKA_BOOTSTRAP_SERVERS="))
+            .unwrap_or_else(|| panic!("unexpected kafka.sh output: {stdout:?}"))
+            .to_owned();
+        let kdir = std::env::var("CAPTAIN_KAFKA_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".kafka"));
+        let state = std::fs::read_to_string(kdir.join(format!("broker-{}.env", broker.instance)))
+            .expect("broker state file");
+        broker.pid = state
+            .lines()
+            .find_map(|l| l.strip_prefix("KAFKA_PID="))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("KAFKA_PID in the broker state file");
+        broker
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(self.pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {} failed", self.pid);
+    }
+
+    /// `kill -STOP`: the broker keeps its connections open and answers nothing.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// `kill -CONT`.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        if self.pid != 0 {
+            // A frozen broker would not act on the SIGTERM `stop` sends.
+            let _ = std::process::Command::new("kill")
+                .arg("-CONT")
+                .arg(self.pid.to_string())
+                .status();
+        }
+        let _ = std::process::Command::new(Self::script())
+            .arg("stop")
+            .env("CAPTAIN_KAFKA_INSTANCE", &self.instance)
+            .status();
+    }
+}

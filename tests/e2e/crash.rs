@@ -1,0 +1,305 @@
+//! `kill -9` in the middle of a stream of launch requests and callbacks: nothing is lost, and the
+//! duplicates the documented crash windows allow are counted and bounded.
+
+use crate::support::kafka::{Collector, Read};
+use crate::support::procs::API_KEY;
+use crate::*;
+use std::time::{Duration, Instant};
+
+const REQUESTS: usize = 1_000;
+const RESULTS_PER_REQUEST: usize = 2;
+/// The bridge's default `launch.max_in_flight`: submissions that can be awaiting the API's answer.
+const LAUNCH_MAX_IN_FLIGHT: usize = 64;
+/// The simulator's `delivery.concurrency`: callbacks that can be inside the bridge at once.
+const DELIVERY_CONCURRENCY: usize = 32;
+
+/// What the topics say so far: per request, its runs and their statuses; per run, its result ids.
+#[derive(Default)]
+struct Ledger {
+    /// request_id → run_uid → statuses in topic order.
+    runs: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// run_uid → distinct result ids.
+    results: HashMap<String, HashSet<String>>,
+    result_records: usize,
+}
+
+impl Ledger {
+    fn read(status: &[Read], results: &[Read]) -> Self {
+        let mut ledger = Self::default();
+        for (request_id, events) in statuses_by_request(status) {
+            let runs = ledger.runs.entry(request_id).or_default();
+            for e in events {
+                if let Some(run) = e["run_uid"].as_str() {
+                    runs.entry(run.to_owned())
+                        .or_default()
+                        .push(e["status"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        for r in results {
+            let v = r.json();
+            ledger
+                .results
+                .entry(v["run_uid"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(v["result_id"].as_str().unwrap().to_owned());
+        }
+        ledger.result_records = results.len();
+        ledger
+    }
+
+    /// Every produced request has at least one run, and every one of its runs has SUCCEEDED.
+    fn all_succeeded(&self, ids: &[String]) -> bool {
+        ids.iter().all(|id| {
+            self.runs.get(id).is_some_and(|runs| {
+                !runs.is_empty() && runs.values().all(|s| s.iter().any(|s| s == "SUCCEEDED"))
+            })
+        })
+    }
+
+    /// Every run of every produced request has all its results.
+    fn all_results(&self, ids: &[String]) -> bool {
+        ids.iter().all(|id| {
+            self.runs.get(id).is_some_and(|runs| {
+                runs.keys().all(|run| {
+                    self.results
+                        .get(run)
+                        .is_some_and(|r| r.len() >= RESULTS_PER_REQUEST)
+                })
+            })
+        })
+    }
+}
+
+fn sim_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("X-API-Key", API_KEY.parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// Replays every original callback the simulator gave up on (status FAILED). This is what the
+/// bridge's reconciler will do in production: the platform's own retries are finite, so a
+/// callback that failed while no bridge was listening must be fetched again.
+async fn replay_failed_callbacks(sim: &support::procs::Sim) -> usize {
+    let client = sim_client();
+    let api = sim.api_base();
+    // Collect first, replay after: a replay that fails is itself a FAILED record, and paging a
+    // list that grows under us would skip or repeat entries.
+    let mut failed = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page: Vec<Value> = client
+            .get(format!(
+                "{api}/runs/callbacks?status=FAILED&sort=created_at&limit=20&offset={offset}"
+            ))
+            .send()
+            .await
+            .expect("list failed callbacks")
+            .json()
+            .await
+            .expect("callback list JSON");
+        let n = page.len();
+        failed.extend(
+            page.into_iter()
+                .filter(|c| c["parent_uid"].is_null())
+                .map(|c| c["uid"].as_str().unwrap().to_owned()),
+        );
+        if n < 20 {
+            break;
+        }
+        offset += n;
+    }
+    for uid in &failed {
+        let r = client
+            .post(format!("{api}/runs/callbacks/{uid}/replay"))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("replay callback");
+        assert!(
+            r.status().is_success(),
+            "replay of {uid} refused: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    failed.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_killed_with_sigkill_mid_stream_loses_no_request_and_no_result_once_restarted() {
+    // While the bridge is dead its callback port refuses connections: the simulator retries with
+    // a doubling backoff (0.5 s, 1 s, 2 s, ...), far more often than the outage lasts. A little API
+    // latency keeps submissions in flight, so the kill lands inside the launch window too; runs
+    // that last a few hundred ms keep callbacks in flight across the kill and the outage.
+    let sim_toml = fast_sim_config("[faults]\nlatency_ms = 150\nlatency_jitter_ms = 100\n")
+        .replace("start_after_ms = 10", "start_after_ms = 300")
+        .replace("page_interval_ms = 2", "page_interval_ms = 200")
+        .replace("max_attempts = 5", "max_attempts = 20")
+        .replace("backoff_ms = 100", "backoff_ms = 500")
+        .replace(
+            "concurrency = 32",
+            &format!("concurrency = {DELIVERY_CONCURRENCY}"),
+        );
+    let mut stack = Stack::start("crash", &sim_toml, &[]).await;
+    let ids: Vec<String> = (0..REQUESTS).map(|i| format!("crash-{i:04}")).collect();
+    let requests: Vec<Value> = ids
+        .iter()
+        .map(|id| search_request(id, 1, RESULTS_PER_REQUEST as u64))
+        .collect();
+    let started = Instant::now();
+    stack.produce(&requests).await;
+
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.status);
+    status.until(Duration::from_secs(60), "150 requests SUCCEEDED", |r| {
+        final_status_count(r, "SUCCEEDED") >= 150
+    });
+    stack.bridge.kill_hard();
+    let killed = Instant::now();
+    let succeeded_at_kill = final_status_count(&status.records, "SUCCEEDED");
+    let sim_runs_at_kill = stack.sim.stats().await["runs_created"].clone();
+    assert!(
+        succeeded_at_kill < REQUESTS,
+        "the stream finished before the kill ({succeeded_at_kill} SUCCEEDED): nothing was tested"
+    );
+    eprintln!(
+        "e2e crash: kill -9 after {:.2} s, {succeeded_at_kill} SUCCEEDED, {sim_runs_at_kill} runs created",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Stay dead until callbacks have failed against the closed port (the restart alone takes
+    // well under a second, too short for the runs in progress to notice).
+    let dead_until = Instant::now() + Duration::from_secs(10);
+    while stack.sim.stats().await["callbacks"]["attempts_failed"]
+        .as_u64()
+        .unwrap_or(0)
+        < 20
+        && Instant::now() < dead_until
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "e2e crash: restarting after {:.2} s dead",
+        killed.elapsed().as_secs_f64()
+    );
+    stack.bridge.restart().await;
+    let restarted = Instant::now();
+    eprintln!(
+        "e2e crash: bridge log {}",
+        stack.bridge.log_path().display()
+    );
+    let replayed = replay_failed_callbacks(&stack.sim).await;
+
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.results);
+    let deadline = Instant::now() + Duration::from_secs(75);
+    loop {
+        status.poll_for(Duration::from_millis(200));
+        results.poll_for(Duration::from_millis(200));
+        let ledger = Ledger::read(&status.records, &results.records);
+        if ledger.all_succeeded(&ids) && ledger.all_results(&ids) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<&String> = ids
+                .iter()
+                .filter(|id| !ledger.all_succeeded(std::slice::from_ref(id)))
+                .take(10)
+                .collect();
+            let without_results: Vec<&String> = ids
+                .iter()
+                .filter(|id| !ledger.all_results(std::slice::from_ref(id)))
+                .take(10)
+                .collect();
+            panic!(
+                "not drained 75 s after the restart: not SUCCEEDED {missing:?}, results missing \
+                 {without_results:?}; sim {}; bridge log {}",
+                stack.sim.stats().await,
+                stack.bridge.log_path().display()
+            );
+        }
+    }
+    let drained = Instant::now();
+    // Late duplicates arrive within the callbacks' retry delay: look a little longer.
+    status.poll_for(Duration::from_secs(1));
+    results.poll_for(Duration::from_secs(1));
+
+    let ledger = Ledger::read(&status.records, &results.records);
+    let mut resubmitted = 0;
+    for id in &ids {
+        let runs = &ledger.runs[id];
+        if runs.len() > 1 {
+            resubmitted += 1;
+        }
+        for (run, statuses) in runs {
+            assert_eq!(
+                statuses.last().map(String::as_str),
+                Some("SUCCEEDED"),
+                "{id} run {run}: the last status is the final one: {statuses:?}"
+            );
+            let got = ledger.results.get(run).map_or(0, HashSet::len);
+            assert_eq!(
+                got, RESULTS_PER_REQUEST,
+                "{id} run {run}: every result, and only those of this run"
+            );
+        }
+    }
+    let distinct_results: usize = ledger.results.values().map(HashSet::len).sum();
+    let duplicate_results = ledger.result_records - distinct_results;
+    let duplicate_statuses: usize = ledger
+        .runs
+        .values()
+        .flat_map(BTreeMap::values)
+        .map(|s| s.len() - s.iter().collect::<HashSet<_>>().len())
+        .sum();
+    let by_request = statuses_by_request(&status.records);
+    for (id, runs) in ledger
+        .runs
+        .iter()
+        .filter(|(_, runs)| {
+            runs.values()
+                .any(|s| s.len() != s.iter().collect::<HashSet<_>>().len())
+        })
+        .take(3)
+    {
+        let events: Vec<String> = by_request[id]
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}<-{} by {}",
+                    e["status"], e["previous_status"], e["source"]
+                )
+            })
+            .collect();
+        eprintln!(
+            "e2e crash: repeated status in {id} ({} runs): {events:?}",
+            runs.len()
+        );
+    }
+    let stray: Vec<&String> = ledger.runs.keys().filter(|id| !ids.contains(id)).collect();
+    assert!(stray.is_empty(), "statuses for unknown requests: {stray:?}");
+    eprintln!(
+        "e2e crash: {REQUESTS} requests; {resubmitted} submitted twice; {duplicate_results} \
+         duplicate result records ({} records, {distinct_results} distinct); {duplicate_statuses} \
+         repeated status events; {replayed} FAILED callbacks replayed; drained {:.2} s after \
+         the kill ({:.2} s after the restart), {:.2} s in all",
+        ledger.result_records,
+        drained.duration_since(killed).as_secs_f64(),
+        drained.duration_since(restarted).as_secs_f64(),
+        drained.duration_since(started).as_secs_f64()
+    );
+    eprintln!("e2e crash: sim {}", stack.sim.stats().await["callbacks"]);
+    assert!(
+        resubmitted <= LAUNCH_MAX_IN_FLIGHT,
+        "{resubmitted} requests were submitted twice: only a submission in flight at the kill \
+         (answered by the API, its run state not yet written) may be submitted again, and at \
+         most launch.max_in_flight = {LAUNCH_MAX_IN_FLIGHT} are in flight"
+    );
+    assert!(
+        duplicate_results <= DELIVERY_CONCURRENCY * RESULTS_PER_REQUEST,
+        "{duplicate_results} duplicate result records: only a callback inside the bridge at the \
+         kill (records published, run state not yet written) may be published again, at most \
+         delivery.concurrency = {DELIVERY_CONCURRENCY} callbacks of {RESULTS_PER_REQUEST} results"
+    );
+}
