@@ -407,7 +407,12 @@ fn consumer_config(settings: &Settings) -> kafka::ConsumerConfig {
         topic: k.topics.launch_requests.clone(),
         max_in_flight: settings.launch.max_in_flight,
         drain_timeout: settings.shutdown.drain_timeout,
-        properties: with_client_id(k),
+        properties: {
+            let mut p = with_client_id(k);
+            p.entry("session.timeout.ms".into())
+                .or_insert_with(|| k.session_timeout.as_millis().to_string());
+            p
+        },
         ..Default::default()
     }
 }

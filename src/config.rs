@@ -71,6 +71,10 @@ pub struct KafkaSettings {
     /// How long the producer tries to deliver a record before reporting failure.
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
+    /// Consumer group session timeout: how soon a crashed instance's partitions move to the
+    /// others (librdkafka's 45 s default stalls launches that long after a `kill -9`).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`).
     pub properties: BTreeMap<String, String>,
 }
@@ -86,6 +90,7 @@ impl Default for KafkaSettings {
             partitions: 6,
             replication_factor: 1,
             delivery_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(10),
             properties: BTreeMap::new(),
         }
     }
@@ -454,6 +459,14 @@ impl Settings {
                     format!("{name:?} is not a valid Kafka topic name"),
                 ));
             }
+        }
+        if !(Duration::from_secs(6)..=Duration::from_secs(300))
+            .contains(&self.kafka.session_timeout)
+        {
+            return Err(invalid(
+                "kafka.session_timeout",
+                "must be within 6s..=300s (the broker's group limits)",
+            ));
         }
         if self.kafka.partitions < 1 {
             return Err(invalid("kafka.partitions", "must be at least 1"));

@@ -82,7 +82,8 @@ impl CallbackProcessor {
         let request_id = claims.request_id.as_str();
         let run_uid = payload.run.run_uid.as_str();
         let batch_uid = payload.run.batch_uid.as_str();
-        self.await_submission_record(&claims).await;
+        // Bounded as a whole: a state read stuck on an unavailable broker must not stretch it.
+        let _ = tokio::time::timeout(self.submit_wait, self.await_submission_record(&claims)).await;
         // Serialises with the launch path and other callbacks of this request on this instance.
         let _guard = self.locks.lock(request_id).await;
         let mut state = tokio::time::timeout(self.ack_timeout, self.state.get(request_id))
