@@ -5,6 +5,7 @@
 mod support;
 
 mod callbacks_http;
+mod cooldown;
 mod crash;
 mod dead_letter;
 mod flow;
@@ -76,6 +77,7 @@ impl Stack {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            extra_toml: String::new(),
         })
         .await;
         Self {

@@ -66,6 +66,7 @@ async fn two_instances_share_the_stream_and_one_leaving_loses_nothing() {
             "CAPTAIN_BRIDGE_CALLBACKS__PUBLIC_BASE_URL".into(),
             format!("http://127.0.0.1:{}", stack.bridge.callback_port),
         )],
+        extra_toml: String::new(),
     })
     .await;
     await_group_members(&stack.bootstrap, &stack.topics.group, 2);

@@ -158,6 +158,9 @@ pub struct BridgeOptions<'a> {
     pub bootstrap: String,
     /// Overrides, as environment variables (`CAPTAIN_BRIDGE_<SECTION>__<KEY>`).
     pub env: Vec<(String, String)>,
+    /// TOML appended at the end of the config, after the last table (`[log]`): whole tables
+    /// only, e.g. `[kafka.properties]` for librdkafka names an env override cannot carry.
+    pub extra_toml: String,
 }
 
 impl Bridge {
@@ -198,7 +201,7 @@ drain_timeout = "5s"
 [log]
 format = "text"
 level = "info"
-"#,
+{extra}"#,
             bootstrap = o.bootstrap,
             group = t.group,
             launch = t.launch,
@@ -208,6 +211,7 @@ level = "info"
             runs = t.runs,
             control = t.control,
             api = o.api_base,
+            extra = o.extra_toml,
         )
     }
 
