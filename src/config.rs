@@ -147,7 +147,8 @@ pub struct CaptainSettings {
 }
 
 /// `[captain.rate_limit]`: set `rate_per_sec`/`ceiling_per_sec` to your plan's rate; a rate
-/// above the real limit converges down to it on 429s (AIMD) and probes back up.
+/// above the real limit converges down to it on 429s (to the rate the API accepted between two
+/// 429s), holds there, and probes back up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
@@ -157,12 +158,16 @@ pub struct RateLimitSettings {
     pub burst: u32,
     pub floor_per_sec: f64,
     pub ceiling_per_sec: f64,
-    /// Rate multiplier on a 429 (once per cooldown).
+    /// Deepest rate cut on a 429 (multiplier; once per cooldown), and the cut when the
+    /// accepted rate cannot be measured.
     pub decrease_factor: f64,
     /// Requests per second added back per quiet `probe_interval`.
     pub increase_per_sec: f64,
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// Longest hold at a measured limit before probing above it again.
+    #[serde(with = "humantime_serde")]
+    pub max_probe_hold: Duration,
     /// Cooldown after a 429 without `Retry-After` / `X-RateLimit-Reset`.
     #[serde(with = "humantime_serde")]
     pub default_cooldown: Duration,
@@ -186,6 +191,7 @@ impl Default for RateLimitSettings {
             decrease_factor: l.decrease_factor,
             increase_per_sec: l.increase_per_sec,
             probe_interval: l.probe_interval,
+            max_probe_hold: l.max_probe_hold,
             default_cooldown: l.default_cooldown,
             max_cooldown: l.max_cooldown,
             pause_consumer_after: Duration::from_secs(2),
@@ -204,6 +210,7 @@ impl RateLimitSettings {
             decrease_factor: self.decrease_factor,
             increase_per_sec: self.increase_per_sec,
             probe_interval: self.probe_interval,
+            max_probe_hold: self.max_probe_hold,
             default_cooldown: self.default_cooldown,
             max_cooldown: self.max_cooldown,
         }

@@ -1,6 +1,12 @@
 //! The rate limiter for one API key, shared by every task of the instance: a GCRA bucket
-//! (`governor`) at a rate that adapts to the API's 429 answers (AIMD), and a key-wide cooldown
-//! after each 429. It is the client's `AttemptGate`, so first attempts and retries alike pass it.
+//! (`governor`) at a rate that adapts to the API's 429 answers, and a key-wide cooldown after
+//! each 429. It is the client's `AttemptGate`, so first attempts and retries alike pass it.
+//!
+//! How the rate adapts: a 429 means the API's own bucket is empty, so the rate it accepted since
+//! the previous 429 is its real limit. The rate is set to that measurement (cut by at most
+//! `decrease_factor`), held there for a while, then probed up additively. Each 429 that lands
+//! at the same level doubles the hold (up to `max_probe_hold`): a well-learned limit is used at
+//! nearly 100 % and probed rarely, while a limit that moved up is found again by probing.
 
 use super::retry::{AttemptGate, RateMode};
 use crate::metrics::Metrics;
@@ -8,6 +14,7 @@ use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -15,6 +22,17 @@ use tokio::time::Instant;
 
 /// Shortest cooldown, so that `Retry-After: 0` still spaces the retries of a burst.
 const MIN_COOLDOWN: Duration = Duration::from_millis(100);
+/// Shortest span, and fewest accepted attempts, from which an accepted rate is believed.
+const MIN_MEASURED_SPAN: Duration = Duration::from_secs(2);
+const MIN_MEASURED_ATTEMPTS: u64 = 10;
+/// A 429 always cuts the rate by at least this much, even when the measured rate is higher
+/// (which happens when the API's bucket started full).
+const MIN_CUT: f64 = 0.98;
+/// The first hold after a cut, in probe intervals; it doubles for each 429 at the same level.
+const FIRST_HOLD_INTERVALS: u32 = 5;
+/// A measured limit above this multiple of the previous one means the limit moved up: the
+/// holds start short again.
+const SAME_LEVEL: f64 = 1.05;
 
 /// How the limiter of one key paces attempts and adapts to 429 answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,13 +47,16 @@ pub struct LimiterConfig {
     pub floor_per_sec: f64,
     /// The rate never probes above this.
     pub ceiling_per_sec: f64,
-    /// Multiplier applied to the rate on a 429: at most once per cooldown and once per
-    /// `probe_interval`, since the 429s of one burst arrive together and one cut is enough.
+    /// Deepest cut of a 429 (rate multiplier), and the cut applied when the accepted rate
+    /// cannot be measured: at most once per cooldown and once per `probe_interval`, since the
+    /// 429s of one burst arrive together and one cut is enough.
     pub decrease_factor: f64,
     /// Requests per second added back for each second without a 429 (additive increase).
     pub increase_per_sec: f64,
     /// Quiet time (no 429, no rate change) before each additive step.
     pub probe_interval: Duration,
+    /// Longest hold at a measured limit before probing above it again.
+    pub max_probe_hold: Duration,
     /// Cooldown after a 429 that says neither `Retry-After` nor `X-RateLimit-Reset`.
     pub default_cooldown: Duration,
     /// Longest cooldown honoured, whatever the API asks; the client gives up on its own budget.
@@ -43,8 +64,9 @@ pub struct LimiterConfig {
 }
 
 impl Default for LimiterConfig {
-    /// Sized for the "Mid" plan tier (10 req/s): the rate starts at the ceiling, drops by 30 %
-    /// per 429 and climbs back by 5 % of it per quiet second.
+    /// Sized for the "Mid" plan tier (10 req/s): the rate starts at the ceiling, drops to the
+    /// measured limit (by 30 % at most) per 429 and, after a hold, climbs back by 5 % of it per
+    /// quiet second.
     fn default() -> Self {
         Self {
             key_name: "default".into(),
@@ -55,6 +77,7 @@ impl Default for LimiterConfig {
             decrease_factor: 0.7,
             increase_per_sec: 0.5,
             probe_interval: Duration::from_secs(1),
+            max_probe_hold: Duration::from_secs(60),
             default_cooldown: Duration::from_secs(1),
             max_cooldown: Duration::from_secs(300),
         }
@@ -121,6 +144,12 @@ impl LimiterConfig {
         if self.probe_interval.is_zero() {
             return fail("probe_interval", "must be > 0".into());
         }
+        if self.max_probe_hold < self.probe_interval {
+            return fail(
+                "max_probe_hold",
+                format!("must be ≥ probe_interval ({:?})", self.probe_interval),
+            );
+        }
         if self.default_cooldown > self.max_cooldown {
             return fail(
                 "default_cooldown",
@@ -154,6 +183,13 @@ struct State {
     /// Last rate change (up or down): probing waits a quiet `probe_interval` after it.
     last_change: Instant,
     last_decrease: Option<Instant>,
+    /// The rate set by the last cut: the limit as last measured.
+    cut_rate: Option<f64>,
+    /// Consecutive cuts at about the same level; the hold doubles with each.
+    same_level_cuts: u32,
+    /// No probing up before this (the hold after a cut).
+    hold_until: Instant,
+    meter: Meter,
 }
 
 /// Paces every attempt on one API key and adapts the pace to the API's 429 answers.
@@ -199,6 +235,10 @@ impl AdaptiveLimiter {
                 cooldown_until: now,
                 last_change: now,
                 last_decrease: None,
+                cut_rate: None,
+                same_level_cuts: 0,
+                hold_until: now,
+                meter: Meter::default(),
             }),
             config,
             clock,
@@ -244,7 +284,10 @@ impl AdaptiveLimiter {
 
     /// Additive increase, evaluated lazily as attempts come: an idle key does not climb.
     fn probe_up(&self, state: &mut State, now: Instant) {
-        let quiet_since = state.last_change.max(state.cooldown_until);
+        let quiet_since = state
+            .last_change
+            .max(state.cooldown_until)
+            .max(state.hold_until);
         if state.rate >= self.config.ceiling_per_sec
             || now < quiet_since + self.config.probe_interval
         {
@@ -255,6 +298,95 @@ impl AdaptiveLimiter {
             let rate = state.rate + step;
             self.set_rate(state, rate, now);
         }
+    }
+
+    /// The API's bucket is empty: set the rate to what it accepted since the previous cut (its
+    /// real limit), within `[rate × decrease_factor, rate × MIN_CUT]`, and hold it there.
+    fn cut(&self, state: &mut State, now: Instant) {
+        let since = state.last_decrease.unwrap_or(self.clock.origin);
+        let measured = state.meter.accepted_rate(
+            since.duration_since(self.clock.origin),
+            now.duration_since(self.clock.origin),
+        );
+        let deepest = state.rate * self.config.decrease_factor;
+        let rate = measured.map_or(deepest, |m| m.clamp(deepest, state.rate * MIN_CUT));
+        // The limit did not move if the API accepted no more than at the previous cut.
+        let same_level = state
+            .cut_rate
+            .is_some_and(|previous| rate <= previous * SAME_LEVEL);
+        state.same_level_cuts = if same_level {
+            state.same_level_cuts.saturating_add(1)
+        } else {
+            0
+        };
+        let hold = self
+            .config
+            .probe_interval
+            .saturating_mul(FIRST_HOLD_INTERVALS)
+            .saturating_mul(1u32 << state.same_level_cuts.min(16))
+            .min(self.config.max_probe_hold);
+        self.set_rate(state, rate, now);
+        state.last_decrease = Some(now);
+        state.cut_rate = Some(state.rate);
+        state.hold_until = state.cooldown_until.max(now) + hold;
+    }
+}
+
+/// Attempts let through and 429s received, counted in 100 ms slots over the last minute: the
+/// rate the API actually accepted between two 429s is the best estimate of its real limit.
+#[derive(Debug, Default)]
+struct Meter {
+    /// (slot number since the limiter's origin, attempts passed, 429s), oldest first.
+    slots: VecDeque<(u64, u32, u32)>,
+}
+
+const METER_SLOT: Duration = Duration::from_millis(100);
+const METER_SPAN: Duration = Duration::from_secs(60);
+
+impl Meter {
+    fn slot(since_origin: Duration) -> u64 {
+        (since_origin.as_millis() / METER_SLOT.as_millis()) as u64
+    }
+
+    fn current(&mut self, since_origin: Duration) -> &mut (u64, u32, u32) {
+        let slot = Self::slot(since_origin);
+        let oldest = Self::slot(since_origin.saturating_sub(METER_SPAN));
+        while self.slots.front().is_some_and(|s| s.0 < oldest) {
+            self.slots.pop_front();
+        }
+        if self.slots.back().is_none_or(|s| s.0 != slot) {
+            self.slots.push_back((slot, 0, 0));
+        }
+        // Just pushed or matched: the deque is not empty.
+        let last = self.slots.len() - 1;
+        &mut self.slots[last]
+    }
+
+    fn passed(&mut self, since_origin: Duration) {
+        self.current(since_origin).1 += 1;
+    }
+
+    fn refused(&mut self, since_origin: Duration) {
+        self.current(since_origin).2 += 1;
+    }
+
+    /// Attempts accepted (passed minus refused) per second from `from` to `to`, both measured
+    /// from the origin; `None` when the span is too short or too sparse to mean anything.
+    fn accepted_rate(&self, from: Duration, to: Duration) -> Option<f64> {
+        let span = to.saturating_sub(from).min(METER_SPAN);
+        if span < MIN_MEASURED_SPAN {
+            return None;
+        }
+        let first = Self::slot(to - span);
+        let (passed, refused) = self
+            .slots
+            .iter()
+            .filter(|s| s.0 >= first)
+            .fold((0u64, 0u64), |(p, r), s| {
+                (p + u64::from(s.1), r + u64::from(s.2))
+            });
+        let accepted = passed.saturating_sub(refused);
+        (accepted >= MIN_MEASURED_ATTEMPTS).then(|| accepted as f64 / span.as_secs_f64())
     }
 }
 
@@ -301,7 +433,11 @@ impl AttemptGate for AdaptiveLimiter {
                 continue;
             }
             match bucket.check() {
-                Ok(()) => break,
+                Ok(()) => {
+                    let at = self.clock.now();
+                    self.state().meter.passed(at);
+                    break;
+                }
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(self.clock.now());
                     tokio::time::sleep(wait).await;
@@ -335,20 +471,20 @@ impl AttemptGate for AdaptiveLimiter {
                 .inc_by(added.as_secs_f64());
             state.cooldown_until = until;
         }
+        state.meter.refused(self.clock.now());
         // The 429s of one burst arrive together: cut the rate for the first only, and not twice
         // within a probe interval, lest one burst collapse the rate to the floor.
         let recently_cut = state
             .last_decrease
             .is_some_and(|at| now < at + self.config.probe_interval);
         if !cooling && !recently_cut {
-            let rate = state.rate * self.config.decrease_factor;
-            self.set_rate(&mut state, rate, now);
-            state.last_decrease = Some(now);
+            self.cut(&mut state, now);
             tracing::info!(
                 key,
                 mode = mode.as_str(),
                 rate = state.rate,
                 ?wait,
+                hold = ?state.hold_until.saturating_duration_since(now),
                 "api rate limited, slowing down"
             );
         }
@@ -486,19 +622,22 @@ mod tests {
         );
     }
 
-    /// An API with a true limit of `limit` requests per fixed one-second window, answering 429
-    /// with the time left in the window, like `X-RateLimit-Reset`.
-    struct FakeApi {
+    /// A rate-limited API, answering 429 with the wait it advertises.
+    trait FakeApi: Send + 'static {
+        fn call(&mut self, now: Duration) -> Result<(), Duration>;
+    }
+
+    /// A true limit of `limit` requests per fixed one-second window, answering 429 with the
+    /// time left in the window, like `X-RateLimit-Reset`.
+    struct FixedWindow {
         limit: u32,
-        origin: Instant,
         window: u64,
         used: u32,
     }
 
-    impl FakeApi {
-        fn call(&mut self) -> Result<(), Duration> {
-            let elapsed = Instant::now() - self.origin;
-            let window = elapsed.as_secs();
+    impl FakeApi for FixedWindow {
+        fn call(&mut self, now: Duration) -> Result<(), Duration> {
+            let window = now.as_secs();
             if window != self.window {
                 self.window = window;
                 self.used = 0;
@@ -507,31 +646,63 @@ mod tests {
             if self.used <= self.limit {
                 Ok(())
             } else {
-                Err(Duration::from_secs(window + 1) - elapsed)
+                Err(Duration::from_secs(window + 1) - now)
             }
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_key_driven_at_twice_its_true_limit_converges_to_it_with_few_429s() {
-        const L: u32 = 20;
-        let limiter = limiter(LimiterConfig {
-            rate_per_sec: 2.0 * f64::from(L),
-            ceiling_per_sec: 2.0 * f64::from(L),
-            floor_per_sec: 1.0,
-            burst: 5,
-            increase_per_sec: 0.05 * f64::from(L),
-            ..LimiterConfig::default()
-        });
+    /// A token bucket like captain-sim's: `rate` per second, `burst` deep, starting full, and
+    /// `Retry-After` in whole seconds, at least 1 (so every 429 costs a second of cooldown).
+    struct TokenBucket {
+        rate: f64,
+        burst: f64,
+        tokens: f64,
+        last: Duration,
+    }
+
+    impl TokenBucket {
+        fn new(rate: f64, burst: f64) -> Self {
+            Self {
+                rate,
+                burst,
+                tokens: burst,
+                last: Duration::ZERO,
+            }
+        }
+    }
+
+    impl FakeApi for TokenBucket {
+        fn call(&mut self, now: Duration) -> Result<(), Duration> {
+            let refill = (now - self.last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(self.burst);
+            self.last = now;
+            if self.tokens >= 1.0 {
+                self.tokens -= 1.0;
+                Ok(())
+            } else {
+                let wait = ((1.0 - self.tokens) / self.rate).ceil().max(1.0);
+                Err(Duration::from_secs_f64(wait))
+            }
+        }
+    }
+
+    /// What 50 always-busy workers achieved through `limiter` against `api` after `learning`.
+    struct Drive {
+        /// Accepted attempts per second after the learning phase.
+        achieved: f64,
+        /// Share of attempts answered 429 after the learning phase.
+        share_429: f64,
+        refused: u64,
+    }
+
+    async fn drive(
+        limiter: Arc<AdaptiveLimiter>,
+        api: impl FakeApi,
+        learning: Duration,
+        end: Duration,
+    ) -> Drive {
         let origin = Instant::now();
-        let api = Arc::new(Mutex::new(FakeApi {
-            limit: L,
-            origin,
-            window: 0,
-            used: 0,
-        }));
-        let learning = Duration::from_secs(30);
-        let end = Duration::from_secs(330);
+        let api = Arc::new(Mutex::new(api));
         // (accepted, refused) after the learning phase.
         let tally = Arc::new(Mutex::new((0u64, 0u64)));
         let workers: Vec<_> = (0..50)
@@ -544,15 +715,13 @@ mod tests {
                         if at >= end {
                             return;
                         }
-                        let answer = api.lock().unwrap().call();
+                        let answer = api.lock().unwrap().call(at);
+                        let mut tally = tally.lock().unwrap();
                         let counted = at >= learning;
                         match answer {
-                            Ok(()) if counted => tally.lock().unwrap().0 += 1,
-                            Ok(()) => {}
+                            Ok(()) => tally.0 += u64::from(counted),
                             Err(wait) => {
-                                if counted {
-                                    tally.lock().unwrap().1 += 1;
-                                }
+                                tally.1 += u64::from(counted);
                                 limiter.on_rate_limited(RateMode::Async, Some(wait));
                             }
                         }
@@ -564,20 +733,93 @@ mod tests {
             worker.await.unwrap();
         }
         let (accepted, refused) = *tally.lock().unwrap();
-        let measured = secs(end - learning);
-        let achieved = accepted as f64 / measured;
-        let share_429 = refused as f64 / (accepted + refused) as f64;
+        Drive {
+            achieved: accepted as f64 / secs(end - learning),
+            share_429: refused as f64 / (accepted + refused).max(1) as f64,
+            refused,
+        }
+    }
+
+    fn twice_too_high(limit: f64) -> LimiterConfig {
+        LimiterConfig {
+            rate_per_sec: 2.0 * limit,
+            ceiling_per_sec: 2.0 * limit,
+            floor_per_sec: 1.0,
+            burst: 5,
+            ..LimiterConfig::default()
+        }
+    }
+
+    fn report(api: &str, limit: f64, drive: &Drive, limiter: &AdaptiveLimiter) {
         println!(
-            "true limit {L}/s, configured {}/s: achieved {achieved:.2}/s = {:.1} % of L, \
-             429 share {:.2} % ({refused} of {}), final rate {:.2}/s",
-            2 * L,
-            100.0 * achieved / f64::from(L),
-            100.0 * share_429,
-            accepted + refused,
+            "{api}, true limit {limit}/s, configured {}/s: achieved {:.2}/s = {:.1} % of L, \
+             429 share {:.2} % ({} refused), final rate {:.2}/s",
+            2.0 * limit,
+            drive.achieved,
+            100.0 * drive.achieved / limit,
+            100.0 * drive.share_429,
+            drive.refused,
             limiter.current_rate()
         );
-        assert!(achieved >= 0.8 * f64::from(L), "achieved {achieved}");
-        assert!(share_429 < 0.05, "429 share {share_429}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_driven_at_twice_its_token_bucket_limit_uses_97_percent_of_it_with_under_1_percent_429s(
+    ) {
+        for (limit, burst) in [(10.0, 10.0), (20.0, 20.0), (200.0, 200.0)] {
+            let limiter = limiter(twice_too_high(limit));
+            let api = TokenBucket::new(limit, burst);
+            let drive = drive(
+                limiter.clone(),
+                api,
+                Duration::from_secs(60),
+                Duration::from_secs(660),
+            )
+            .await;
+            report(
+                &format!("token bucket (burst {burst})"),
+                limit,
+                &drive,
+                &limiter,
+            );
+            assert!(
+                drive.achieved >= 0.97 * limit,
+                "achieved {}",
+                drive.achieved
+            );
+            assert!(drive.share_429 <= 0.01, "429 share {}", drive.share_429);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shallow_bucket_or_a_fixed_window_still_yields_most_of_the_limit() {
+        let limit = 20.0;
+        let limiter_a = limiter(twice_too_high(limit));
+        let shallow = drive(
+            limiter_a.clone(),
+            TokenBucket::new(limit, 5.0),
+            Duration::from_secs(60),
+            Duration::from_secs(660),
+        )
+        .await;
+        report("token bucket (burst 5)", limit, &shallow, &limiter_a);
+        let limiter_b = limiter(twice_too_high(limit));
+        let window = drive(
+            limiter_b.clone(),
+            FixedWindow {
+                limit: 20,
+                window: 0,
+                used: 0,
+            },
+            Duration::from_secs(60),
+            Duration::from_secs(660),
+        )
+        .await;
+        report("fixed window", limit, &window, &limiter_b);
+        for drive in [shallow, window] {
+            assert!(drive.achieved >= 0.9 * limit, "achieved {}", drive.achieved);
+            assert!(drive.share_429 <= 0.02, "429 share {}", drive.share_429);
+        }
     }
 
     #[tokio::test(start_paused = true)]
