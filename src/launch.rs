@@ -54,10 +54,8 @@ struct Interrupted;
 #[async_trait::async_trait]
 impl LaunchHandler for LaunchProcessor {
     async fn handle(&self, record: InboundRecord) -> HandleOutcome {
-        self.metrics.launches_in_flight.inc();
-        let outcome = self.process(&record).await;
-        self.metrics.launches_in_flight.dec();
-        match outcome {
+        // `launches_in_flight` is kept by the consumer, which owns the bound.
+        match self.process(&record).await {
             Ok(()) => HandleOutcome::Done,
             Err(Interrupted) => HandleOutcome::Abandoned,
         }
