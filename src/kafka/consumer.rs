@@ -252,15 +252,20 @@ pub struct LaunchConsumer {
 
 impl LaunchConsumer {
     /// Creates the consumer and subscribes to the launch topic: `enable.auto.commit=true`
-    /// with `enable.auto.offset.store=false` and `auto.offset.reset=earliest`, then the
-    /// user's properties.
+    /// with `enable.auto.offset.store=false`, `auto.offset.reset=earliest` and a bounded
+    /// prefetch, then the user's properties (which may override the prefetch).
     pub fn new(config: ConsumerConfig, metrics: Metrics) -> Result<Self, ConsumerError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &config.bootstrap)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // librdkafka prefetches up to 64 MiB / 100,000 records per partition by default:
+            // with a backlog that is memory spent on records the bridge will not touch for
+            // minutes. A few thousand records keep a fast stream fed.
+            .set("queued.max.messages.kbytes", "4096")
+            .set("queued.min.messages", "2000");
         for (k, v) in &config.properties {
             cc.set(k, v);
         }
