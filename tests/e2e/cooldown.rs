@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 
 const MAX_POLL_INTERVAL_MS: u64 = 7000;
 
-/// The value of an unlabelled gauge or counter in a Prometheus text scrape.
-fn metric(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cooldown_longer_than_the_poll_interval_causes_no_rebalance_and_no_redelivery() {
     const REQUESTS: usize = 6;

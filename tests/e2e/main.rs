@@ -4,6 +4,7 @@
 
 mod support;
 
+mod backlog;
 mod callbacks_http;
 mod cooldown;
 mod crash;
@@ -101,6 +102,24 @@ impl Stack {
             .collect();
         support::kafka::produce_all(&producer, &self.topics.launch, &records).await;
     }
+}
+
+/// The value of a gauge or counter in a Prometheus text scrape; `name` includes any labels
+/// exactly as scraped (e.g. `x{key="default"}`).
+pub fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Launch requests a bridge has finished with, whatever the outcome.
+pub fn launches_consumed(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("captain_bridge_launch_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// An async search request: `inputs` searches, `max_results` results each.

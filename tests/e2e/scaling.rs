@@ -6,14 +6,6 @@ use crate::support::procs::{Bridge, BridgeOptions};
 use crate::*;
 use std::time::Duration;
 
-fn launches_consumed(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("captain_bridge_launch_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 fn callbacks_accepted(metrics: &str) -> u64 {
     metrics
         .lines()

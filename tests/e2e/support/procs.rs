@@ -281,6 +281,11 @@ level = "info"
         }
     }
 
+    /// The process id of the running bridge (for /proc figures such as RSS).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("bridge running")
+    }
+
     pub fn log_path(&self) -> PathBuf {
         std::env::temp_dir().join(format!("captain-bridge-{}.log", self.callback_port))
     }
