@@ -163,6 +163,43 @@ async fn blocking<R: Send + 'static>(
         .map_err(StateError::from)
 }
 
+/// Low and high watermarks of every partition of `topic`, asked again until `timeout` while
+/// the broker answers with an error: a topic created a moment ago (by this start-up, or a
+/// broker just started) has partitions without a known leader for a while.
+async fn initial_watermarks(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i64, i64)>, StateError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (c, t) = (consumer.clone(), topic.to_owned());
+        let fetched = blocking(move || {
+            let md = c.fetch_metadata(Some(&t), timeout)?;
+            let count = md
+                .topics()
+                .iter()
+                .find(|m| m.name() == t && m.error().is_none())
+                .map_or(0, |m| m.partitions().len() as i32);
+            (0..count)
+                .map(|p| c.fetch_watermarks(&t, p, timeout))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await;
+        let not_ready = match &fetched {
+            Ok(watermarks) => watermarks.is_empty().then(|| "no partitions".to_owned()),
+            Err(e) => Some(e.to_string()),
+        };
+        match not_ready {
+            Some(reason) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(topic, reason, "run state topic not ready yet, asking again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            _ => return fetched,
+        }
+    }
+}
+
 impl<T> StateView<T>
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -189,19 +226,7 @@ where
         }
         let consumer: Arc<StreamConsumer> = Arc::new(cc.create()?);
         let timeout = config.catch_up_timeout;
-        let (c, topic) = (consumer.clone(), config.topic.clone());
-        let watermarks = blocking(move || {
-            let md = c.fetch_metadata(Some(&topic), timeout)?;
-            let count = md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none())
-                .map_or(0, |t| t.partitions().len() as i32);
-            (0..count)
-                .map(|p| c.fetch_watermarks(&topic, p, timeout))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await?;
+        let watermarks = initial_watermarks(&consumer, &config.topic, timeout).await?;
         if watermarks.is_empty() {
             return Err(StateError::Unavailable(format!(
                 "topic {} has no partitions",
