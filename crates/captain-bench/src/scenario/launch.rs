@@ -206,14 +206,16 @@ async fn one_repeat(
     Ok((f, story))
 }
 
-/// Runs the backlog and paced variants with `instances` bridges.
-pub async fn run(ctx: &mut Ctx, instances: usize, paced_rate: f64) -> anyhow::Result<()> {
+/// Runs the backlog variant, and the paced one if `paced_rate` is given, with `instances`
+/// bridges.
+pub async fn run(ctx: &mut Ctx, instances: usize, paced_rate: Option<f64>) -> anyhow::Result<()> {
     // A small backlog first: warms the binaries and page cache, and sizes the measured
     // backlog so it lasts about `duration`.
     let (warm, _) = one_repeat(ctx, instances, Feed::Backlog, 2_000).await?;
     let rate = warm.0.get("submissions_per_s").map_or(200.0, |(_, v)| *v);
     let n = ((rate * ctx.timing.duration.as_secs_f64()) as usize).max(2_000);
-    for how in [Feed::Backlog, Feed::Paced(paced_rate)] {
+    let feeds = std::iter::once(Feed::Backlog).chain(paced_rate.map(Feed::Paced));
+    for how in feeds {
         let n = match how {
             Feed::Backlog => n,
             Feed::Paced(r) => (r * ctx.timing.duration.as_secs_f64()) as usize,
