@@ -162,7 +162,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run_all(cli: &Cli, ctx: &mut Ctx) -> anyhow::Result<()> {
     let intake_opts =
-        |instances, concurrency: Vec<usize>, rates: Vec<f64>, variants| intake::IntakeOpts {
+        |label, instances, concurrency: Vec<usize>, rates: Vec<f64>, variants| intake::IntakeOpts {
+            label,
             concurrency,
             rates,
             variants,
@@ -172,6 +173,7 @@ async fn run_all(cli: &Cli, ctx: &mut Ctx) -> anyhow::Result<()> {
         };
     if cli.runs(Which::Intake) {
         let o = intake_opts(
+            "intake",
             1,
             cli.concurrency.clone(),
             cli.intake_rates.clone(),
@@ -184,14 +186,20 @@ async fn run_all(cli: &Cli, ctx: &mut Ctx) -> anyhow::Result<()> {
         ratio_to_ceiling(ctx)?;
     }
     if cli.runs(Which::Launch) {
-        launch::run(ctx, 1, Some(cli.launch_rate)).await?;
+        launch::run(ctx, "launch", 1, Some(cli.launch_rate)).await?;
     }
     if cli.runs(Which::Scaling) {
         for &n in &cli.instances {
-            let o = intake_opts(n, vec![cli.scaling_concurrency], Vec::new(), vec![10]);
+            let o = intake_opts(
+                "scaling/intake",
+                n,
+                vec![cli.scaling_concurrency],
+                Vec::new(),
+                vec![10],
+            );
             intake::run(ctx, &o).await?;
             // Throughput only: the paced variant's latency is scenario 3's question.
-            launch::run(ctx, n, None).await?;
+            launch::run(ctx, "scaling/launch", n, None).await?;
         }
     }
     if cli.runs(Which::Backlog) {

@@ -28,6 +28,8 @@ pub struct IntakeOpts {
     /// Requests whose runs receive the callbacks of one repeat (fresh per repeat).
     pub pool: usize,
     pub result_bytes: usize,
+    /// Scenario name prefix (`intake`, or `scaling/intake` so the two never overwrite each other).
+    pub label: &'static str,
 }
 
 fn pace_name(p: Pace) -> String {
@@ -67,7 +69,8 @@ pub async fn run(ctx: &mut Ctx, o: &IntakeOpts) -> anyhow::Result<()> {
                 runs.push(figures);
             }
             let name = format!(
-                "intake/results={results}/{}/instances={}",
+                "{}/results={results}/{}/instances={}",
+                o.label,
                 pace_name(pace),
                 o.instances
             );

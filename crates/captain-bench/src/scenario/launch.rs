@@ -208,7 +208,13 @@ async fn one_repeat(
 
 /// Runs the backlog variant, and the paced one if `paced_rate` is given, with `instances`
 /// bridges.
-pub async fn run(ctx: &mut Ctx, instances: usize, paced_rate: Option<f64>) -> anyhow::Result<()> {
+/// `label` prefixes the scenario names (`launch`, or `scaling/launch`).
+pub async fn run(
+    ctx: &mut Ctx,
+    label: &str,
+    instances: usize,
+    paced_rate: Option<f64>,
+) -> anyhow::Result<()> {
     // A small backlog first: warms the binaries and page cache, and sizes the measured
     // backlog so it lasts about `duration`.
     let (warm, _) = one_repeat(ctx, instances, Feed::Backlog, 2_000).await?;
@@ -224,11 +230,11 @@ pub async fn run(ctx: &mut Ctx, instances: usize, paced_rate: Option<f64>) -> an
         for _ in 0..ctx.timing.repeats {
             runs.push(one_repeat(ctx, instances, how, n).await?.0);
         }
-        let (label, pace) = match how {
+        let (feed, pace) = match how {
             Feed::Backlog => ("backlog".to_owned(), Value::from("backlog")),
             Feed::Paced(r) => (format!("rate={r}"), Value::from(r)),
         };
-        let name = format!("launch/{label}/instances={instances}");
+        let name = format!("{label}/{feed}/instances={instances}");
         let params = BTreeMap::from([
             ("requests".to_owned(), Value::from(n)),
             ("feed".to_owned(), pace),
