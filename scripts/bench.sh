@@ -27,4 +27,5 @@ if [[ -z ${KAFKA_BOOTSTRAP_SERVERS:-} ]]; then
 fi
 echo "bench.sh: Kafka at $KAFKA_BOOTSTRAP_SERVERS" >&2
 
-"$target/release/captain-bench" --out "$repo/target/bench" "$@"
+# Output goes to target/bench (relative to the repository) unless --out says otherwise.
+"$target/release/captain-bench" "$@"

@@ -89,6 +89,9 @@ struct Cli {
     /// Launch: the paced variant's rate (requests/s).
     #[arg(long, default_value_t = 200.0)]
     launch_rate: f64,
+    /// The bridges' `launch.max_in_flight`.
+    #[arg(long, default_value_t = 64)]
+    max_in_flight: usize,
     /// Backlog: requests waiting. Default 1,000,000 (quick: 100,000).
     #[arg(long)]
     backlog_requests: Option<usize>,
@@ -152,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         http,
         summary: Summary::open(&cli.out, cli.append)?,
         bridge_properties: cli.bridge_props.clone(),
+        max_in_flight: cli.max_in_flight,
     };
     std::fs::create_dir_all(&ctx.work)?;
     println!("captain-bench: {:?}, broker {}", ctx.timing, ctx.bootstrap);

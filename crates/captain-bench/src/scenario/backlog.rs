@@ -46,7 +46,7 @@ pub async fn run(ctx: &mut Ctx, o: &BacklogOpts) -> anyhow::Result<()> {
     let params = BTreeMap::from([
         ("requests_waiting".to_owned(), Value::from(o.requests)),
         ("api_latency_ms".to_owned(), Value::from(o.api_latency_ms)),
-        ("max_in_flight".to_owned(), Value::from(64)),
+        ("max_in_flight".to_owned(), Value::from(ctx.max_in_flight)),
     ]);
     let name = format!("backlog/requests={}", o.requests);
     ctx.summary

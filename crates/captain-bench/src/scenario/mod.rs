@@ -36,6 +36,8 @@ pub struct Ctx {
     pub summary: Summary,
     /// Extra librdkafka properties for the bridges (experiments).
     pub bridge_properties: Vec<(String, String)>,
+    /// `launch.max_in_flight` of every bridge.
+    pub max_in_flight: usize,
 }
 
 impl Ctx {
@@ -47,7 +49,7 @@ impl Ctx {
             api_base,
             partitions: PARTITIONS as u32,
             rate_limit: unlimited_rate(),
-            max_in_flight: 64,
+            max_in_flight: self.max_in_flight,
             kafka_properties: self.bridge_properties.clone(),
         }
     }
