@@ -10,6 +10,7 @@ use crate::procs::{self, Bridge, Topics};
 use crate::summary::{RunFigures, ScenarioResult};
 use anyhow::Context;
 use captain_bridge::callbacks::TokenKeys;
+use rdkafka::producer::FutureProducer;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,16 +40,34 @@ fn pace_name(p: Pace) -> String {
     }
 }
 
+/// What every repeat of one `run` shares: the bridges, their topics, the signing keys and the
+/// producer that writes (and deletes) the pool's run states.
+struct Rig {
+    bridges: Vec<Bridge>,
+    topics: Topics,
+    keys: TokenKeys,
+    producer: FutureProducer,
+}
+
+impl Rig {
+    async fn start(ctx: &Ctx, instances: usize) -> anyhow::Result<Self> {
+        let topics = Topics::unique("intake");
+        kafka::create_topics(&ctx.bootstrap, &topics, PARTITIONS).await?;
+        // No API call happens on this path: the API address is never dialled.
+        let spec = ctx.bridge_spec(topics.clone(), "http://127.0.0.1:9/v4".into());
+        Ok(Self {
+            bridges: procs::start_bridges(&ctx.work, &spec, instances).await?,
+            topics,
+            keys: TokenKeys::from_config(procs::CALLBACK_KEYS, procs::SIGNING_KID)
+                .context("bench callback keys")?,
+            producer: kafka::producer(&ctx.bootstrap)?,
+        })
+    }
+}
+
 /// Runs every variant × pace on one set of `instances` bridges.
 pub async fn run(ctx: &mut Ctx, o: &IntakeOpts) -> anyhow::Result<()> {
-    let topics = Topics::unique("intake");
-    kafka::create_topics(&ctx.bootstrap, &topics, PARTITIONS).await?;
-    // No API call happens on this path: the API address is never dialled.
-    let spec = ctx.bridge_spec(topics.clone(), "http://127.0.0.1:9/v4".into());
-    let bridges = procs::start_bridges(&ctx.work, &spec, o.instances).await?;
-    let keys = TokenKeys::from_config(procs::CALLBACK_KEYS, procs::SIGNING_KID)
-        .context("bench callback keys")?;
-    let producer = kafka::producer(&ctx.bootstrap)?;
+    let rig = Rig::start(ctx, o.instances).await?;
     let mut paces: Vec<Pace> = o
         .concurrency
         .iter()
@@ -62,11 +81,7 @@ pub async fn run(ctx: &mut Ctx, o: &IntakeOpts) -> anyhow::Result<()> {
         for &pace in &paces {
             let mut runs = Vec::new();
             for rep in 0..ctx.timing.repeats {
-                let figures = one_repeat(
-                    ctx, &bridges, &topics, &keys, &producer, o, results, pace, rep,
-                )
-                .await?;
-                runs.push(figures);
+                runs.push(one_repeat(ctx, &rig, o, results, pace, rep).await?);
             }
             let name = format!(
                 "{}/results={results}/{}/instances={}",
@@ -88,13 +103,9 @@ pub async fn run(ctx: &mut Ctx, o: &IntakeOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn one_repeat(
     ctx: &Ctx,
-    bridges: &[Bridge],
-    topics: &Topics,
-    keys: &TokenKeys,
-    producer: &rdkafka::producer::FutureProducer,
+    rig: &Rig,
     o: &IntakeOpts,
     results: usize,
     pace: Pace,
@@ -109,20 +120,20 @@ async fn one_repeat(
             )
         })
         .collect();
-    kafka::seed_states(producer, &topics.runs, PARTITIONS, &pool, false).await?;
-    let bases = bridges.iter().map(Bridge::callback_base).collect();
+    kafka::seed_states(&rig.producer, &rig.topics.runs, PARTITIONS, &pool, false).await?;
+    let bases = rig.bridges.iter().map(Bridge::callback_base).collect();
     let load = Arc::new(CallbackLoad::new(
-        keys,
+        &rig.keys,
         &pool,
         bases,
         results,
         o.result_bytes,
     ));
-    let in_topic_before = kafka::records_in(&ctx.bootstrap, &topics.results)?;
+    let in_topic_before = kafka::records_in(&ctx.bootstrap, &rig.topics.results)?;
     let warm = load
         .run(&ctx.http, pace, Duration::ZERO, ctx.timing.warmup)
         .await;
-    let probe = CpuProbe::start(ctx, &procs::pids(bridges), &[]);
+    let probe = CpuProbe::start(ctx, &procs::pids(&rig.bridges), &[]);
     let mut m = load
         .run(&ctx.http, pace, Duration::ZERO, ctx.timing.duration)
         .await;
@@ -141,7 +152,8 @@ async fn one_repeat(
     f.put("not_2xx", "count", m.failed as f64);
     // Every acknowledged record must be in the topic (more only if a 503'd callback landed).
     let acked = (warm.ok + m.ok) as f64 * results as f64;
-    let in_topic = (kafka::records_in(&ctx.bootstrap, &topics.results)? - in_topic_before) as f64;
+    let in_topic =
+        (kafka::records_in(&ctx.bootstrap, &rig.topics.results)? - in_topic_before) as f64;
     f.put(
         "topic_records_per_acked",
         "ratio",
@@ -150,6 +162,6 @@ async fn one_repeat(
     if let Pace::Rate { per_sec, .. } = pace {
         f.put("offered_per_s", "1/s", per_sec);
     }
-    kafka::seed_states(producer, &topics.runs, PARTITIONS, &pool, true).await?;
+    kafka::seed_states(&rig.producer, &rig.topics.runs, PARTITIONS, &pool, true).await?;
     Ok(f)
 }
