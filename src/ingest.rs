@@ -56,22 +56,46 @@ impl CallbackProcessor {
     /// run's story in order: CREATED is published before the callback's status. Past the wait
     /// the callback is processed anyway: the launch path then finds the run already moved on
     /// and publishes no stale CREATED (same instance), or may (another instance, see README).
-    async fn await_submission_record(&self, claims: &CallbackClaims) {
+    /// Returns whether its last read caught up with the run state (no error).
+    async fn await_submission_record(&self, claims: &CallbackClaims) -> bool {
         let deadline = tokio::time::Instant::now() + self.submit_wait;
         loop {
-            let pending = match self.state.get(&claims.request_id).await {
-                Ok(Some(state)) => state.chunks.iter().any(|c| {
-                    c.index == claims.chunk
-                        && !c.submitted
-                        && c.status != Some(crate::domain::RunStatus::SubmitFailed)
-                }),
-                Ok(None) | Err(_) => false,
+            let (pending, caught_up) = match self.state.get(&claims.request_id).await {
+                Ok(Some(state)) => (
+                    state.chunks.iter().any(|c| {
+                        c.index == claims.chunk
+                            && !c.submitted
+                            && c.status != Some(crate::domain::RunStatus::SubmitFailed)
+                    }),
+                    true,
+                ),
+                Ok(None) => (false, true),
+                Err(_) => (false, false),
             };
             if !pending || tokio::time::Instant::now() >= deadline {
-                return;
+                return caught_up;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// The run state under the request's lock. When the wait above caught up with the state
+    /// after this callback arrived, the local view is enough: this instance's own writes since
+    /// are applied locally before they return, and the lock orders this read after them; a
+    /// write by another instance in between is the cross-instance window the README names.
+    /// Otherwise read again, with the read-your-writes barrier.
+    async fn locked_read(
+        &self,
+        request_id: &str,
+        caught_up: bool,
+    ) -> Result<Option<RunState>, SinkError> {
+        if caught_up {
+            return Ok(self.state.peek(request_id));
+        }
+        tokio::time::timeout(self.ack_timeout, self.state.get(request_id))
+            .await
+            .map_err(|_| unavailable("run state not readable in time"))?
+            .map_err(unavailable)
     }
 
     async fn process(
@@ -83,13 +107,15 @@ impl CallbackProcessor {
         let run_uid = payload.run.run_uid.as_str();
         let batch_uid = payload.run.batch_uid.as_str();
         // Bounded as a whole: a state read stuck on an unavailable broker must not stretch it.
-        let _ = tokio::time::timeout(self.submit_wait, self.await_submission_record(&claims)).await;
+        let caught_up =
+            tokio::time::timeout(self.submit_wait, self.await_submission_record(&claims))
+                .await
+                .unwrap_or(false);
         // Serialises with the launch path and other callbacks of this request on this instance.
         let _guard = self.locks.lock(request_id).await;
-        let mut state = tokio::time::timeout(self.ack_timeout, self.state.get(request_id))
-            .await
-            .map_err(|_| unavailable("run state not readable in time"))?
-            .map_err(unavailable)?
+        let mut state = self
+            .locked_read(request_id, caught_up)
+            .await?
             .unwrap_or_else(|| {
                 // A valid token proves the request is ours; its state is gone (deleted, or a
                 // different state topic). Publish what the callback itself carries.

@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -22,6 +23,8 @@ use super::producer::{OutRecord, ProduceError, RecordProducer};
 
 /// The metric role of state records.
 const ROLE: &str = "state";
+/// `fetch.wait.max.ms` of the follower (a user's `kafka.properties` still wins).
+const FOLLOWER_FETCH_WAIT_MS: &str = "10";
 
 /// State view settings. The app maps its configuration onto this.
 #[derive(Debug, Clone)]
@@ -96,6 +99,60 @@ struct Inner<T> {
     positions: watch::Sender<Vec<i64>>,
     consumer: Arc<StreamConsumer>,
     config: StateConfig,
+    /// One per partition: concurrent reads share one high-watermark query.
+    barriers: Vec<WatermarkBarrier>,
+}
+
+/// One partition's high-watermark queries, coalesced. A read needs a query *issued after the
+/// read began* (then every write acknowledged before the read is below the answer); at most
+/// one query is in flight, and every read that arrived while it was in flight is answered by
+/// the next one. Under load this turns one broker round trip (and one blocking thread) per
+/// read into about one per round trip per partition.
+#[derive(Default)]
+struct WatermarkBarrier {
+    /// Number of the latest query started (numbered from 1).
+    started: AtomicU64,
+    /// Held while a query is in flight.
+    fetching: tokio::sync::Mutex<()>,
+    /// Number and answer of the latest finished query.
+    done: Mutex<(u64, i64)>,
+}
+
+impl WatermarkBarrier {
+    /// The number a query must have for a read beginning now: any later one.
+    fn ticket(&self) -> u64 {
+        self.started.load(Ordering::SeqCst) + 1
+    }
+
+    /// The high watermark from a query numbered `ticket` or later, if one has finished.
+    fn answered(&self, ticket: u64) -> Option<i64> {
+        let (number, high) = *self.done.lock().unwrap_or_else(|e| e.into_inner());
+        (number >= ticket).then_some(high)
+    }
+
+    /// Returns a high watermark queried after `ticket` was taken, querying only if no such
+    /// query has finished by the time this read gets its turn.
+    async fn high_watermark<F, Fut>(&self, ticket: u64, query: F) -> Result<i64, StateError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<i64, StateError>>,
+    {
+        if let Some(high) = self.answered(ticket) {
+            return Ok(high);
+        }
+        let _turn = self.fetching.lock().await;
+        if let Some(high) = self.answered(ticket) {
+            return Ok(high);
+        }
+        // Numbered before it is issued, so its number is above every earlier read's snapshot.
+        let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let high = query().await?;
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if number > done.0 {
+            *done = (number, high);
+        }
+        Ok(high)
+    }
 }
 
 impl<T> Inner<T> {
@@ -220,7 +277,11 @@ where
             )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // A read waits for the follower to reach the high watermark; a caught-up follower's
+            // fetch can sit at the broker for up to this long before new records reach it
+            // (librdkafka's 500 ms default put a 0.5 s tail on callback acks).
+            .set("fetch.wait.max.ms", FOLLOWER_FETCH_WAIT_MS);
         for (k, v) in &config.properties {
             cc.set(k, v);
         }
@@ -246,6 +307,9 @@ where
             positions,
             consumer,
             config,
+            barriers: (0..watermarks.len())
+                .map(|_| WatermarkBarrier::default())
+                .collect(),
         });
         let follower = tokio::spawn(follow(inner.clone(), shutdown));
         let highs: Vec<i64> = watermarks.iter().map(|(_, high)| *high).collect();
@@ -293,16 +357,29 @@ where
     }
 
     /// The value of `key`, after catching up with its partition's high watermark as of this
-    /// call, so any write acknowledged before the call (by any instance) is seen. Costs one
-    /// watermark round trip to the partition leader.
+    /// call, so any write acknowledged before the call (by any instance) is seen. Costs at most
+    /// one watermark round trip to the partition leader, shared with concurrent reads of the
+    /// same partition (see [`WatermarkBarrier`]).
     pub async fn get(&self, key: &str) -> Result<Option<T>, StateError> {
         let partition = self.partition_of(key);
         let inner = self.inner.clone();
         let timeout = inner.config.read_timeout;
         let work = async {
-            let (c, topic) = (inner.consumer.clone(), inner.topic.clone());
-            let (_, high) =
-                blocking(move || c.fetch_watermarks(&topic, partition, timeout)).await?;
+            let barrier = inner
+                .barriers
+                .get(partition as usize)
+                .ok_or_else(|| StateError::Unavailable(format!("no partition {partition}")))?;
+            let ticket = barrier.ticket();
+            let high = barrier
+                .high_watermark(ticket, || {
+                    let (c, topic) = (inner.consumer.clone(), inner.topic.clone());
+                    async move {
+                        blocking(move || c.fetch_watermarks(&topic, partition, timeout))
+                            .await
+                            .map(|(_, high)| high)
+                    }
+                })
+                .await?;
             let mut rx = inner.positions.subscribe();
             rx.wait_for(|pos| pos.get(partition as usize).is_some_and(|p| *p >= high))
                 .await
@@ -440,6 +517,69 @@ mod tests {
         // The follower reaching the tombstone frees the entry.
         apply(&mut map, "k".into(), None, 11, true);
         assert!(map.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_read_is_answered_only_by_a_query_issued_after_it_began() {
+        let barrier = WatermarkBarrier::default();
+        let early = barrier.ticket();
+        assert_eq!(
+            barrier.high_watermark(early, || async { Ok(5) }).await.ok(),
+            Some(5)
+        );
+        // The same ticket is answered without a new query ...
+        let no_query = || async { Err(StateError::Unavailable("queried".into())) };
+        assert_eq!(barrier.high_watermark(early, no_query).await.ok(), Some(5));
+        // ... a read that begins after that query finished is not.
+        let late = barrier.ticket();
+        assert!(barrier.high_watermark(late, no_query).await.is_err());
+        assert_eq!(
+            barrier.high_watermark(late, || async { Ok(9) }).await.ok(),
+            Some(9)
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_reads_share_one_query() {
+        let barrier = Arc::new(WatermarkBarrier::default());
+        let queries = Arc::new(AtomicU64::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        // A query in flight, issued before the reads below began.
+        let first = {
+            let (b, q, g) = (barrier.clone(), queries.clone(), gate.clone());
+            tokio::spawn(async move {
+                let t = b.ticket();
+                b.high_watermark(t, || async move {
+                    q.fetch_add(1, Ordering::SeqCst);
+                    g.notified().await;
+                    Ok(1)
+                })
+                .await
+            })
+        };
+        while queries.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let reads: Vec<_> = (0..10)
+            .map(|_| {
+                let (b, q) = (barrier.clone(), queries.clone());
+                let t = b.ticket();
+                tokio::spawn(async move {
+                    b.high_watermark(t, || async move {
+                        q.fetch_add(1, Ordering::SeqCst);
+                        Ok(2)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        gate.notify_one();
+        assert_eq!(first.await.ok().and_then(Result::ok), Some(1));
+        for r in reads {
+            // Not the in-flight query's answer: it was issued before these reads began.
+            assert_eq!(r.await.ok().and_then(Result::ok), Some(2));
+        }
+        assert_eq!(queries.load(Ordering::SeqCst), 2);
     }
 
     #[test]
