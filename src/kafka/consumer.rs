@@ -36,7 +36,8 @@ pub struct ConsumerConfig {
     pub group_id: String,
     /// The launch-requests topic.
     pub topic: String,
-    /// Handlers running at once; partitions are paused while all are busy.
+    /// Handlers running at once. Records received while all are busy are held in order;
+    /// partitions are paused once as many are held, and resumed when a quarter remain.
     pub max_in_flight: usize,
     /// Records received and not yet committable (running, or finished behind an unfinished
     /// one); partitions are paused at this bound too, which keeps memory bounded when one
@@ -297,6 +298,23 @@ impl LaunchConsumer {
             && lock(&self.shared.tracker).total_tracked() < self.config.max_uncommitted.max(1)
     }
 
+    /// Whether the partitions should be paused, given `held` records waiting for a handler:
+    /// on request (a cooldown), or once `max_in_flight` records are held; a pause for that
+    /// reason lasts until a quarter remain. Pausing as soon as every handler was busy (and
+    /// resuming at each finished one) made librdkafka drop its prefetched records and fetch
+    /// again on every resume, which capped a backlog at about 2 × `max_in_flight` records/s.
+    fn want_pause(&self, held: usize) -> bool {
+        if self.pause.is_paused() {
+            return true;
+        }
+        let high = self.config.max_in_flight.max(1);
+        if self.shared.paused.load(Ordering::SeqCst) {
+            held > high / 4
+        } else {
+            held >= high
+        }
+    }
+
     /// Pauses or resumes the whole assignment when the wanted state differs from the applied.
     fn apply_pause(&self, want: bool) {
         if self.shared.paused.load(Ordering::SeqCst) == want {
@@ -388,7 +406,7 @@ impl LaunchConsumer {
                 };
                 self.spawn(&mut tasks, &handler, record);
             }
-            self.apply_pause(!self.has_capacity(tasks.len()) || self.pause.is_paused());
+            self.apply_pause(self.want_pause(held.len()));
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break Ok(()),
