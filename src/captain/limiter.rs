@@ -309,7 +309,8 @@ impl AdaptiveLimiter {
             now.duration_since(self.clock.origin),
         );
         let deepest = state.rate * self.config.decrease_factor;
-        let rate = measured.map_or(deepest, |m| m.clamp(deepest, state.rate * MIN_CUT));
+        // Not `clamp`: with a `decrease_factor` above MIN_CUT the bounds cross (the deeper wins).
+        let rate = measured.map_or(deepest, |m| m.min(state.rate * MIN_CUT).max(deepest));
         // The limit did not move if the API accepted no more than at the previous cut.
         let same_level = state
             .cut_rate
@@ -853,6 +854,20 @@ mod tests {
         let elapsed = t0.elapsed();
         assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(2100), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_decrease_factor_gentler_than_the_minimum_cut_still_cuts_without_panicking() {
+        let limiter = limiter(LimiterConfig {
+            decrease_factor: 0.99,
+            ..config(100.0, 10)
+        });
+        for _ in 0..300 {
+            limiter.before_attempt(RateMode::Async).await;
+        }
+        limiter.on_rate_limited(RateMode::Async, Some(Duration::from_secs(1)));
+        let rate = limiter.current_rate();
+        assert!((98.0..100.0).contains(&rate), "{rate}");
     }
 
     #[test]
