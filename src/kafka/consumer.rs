@@ -301,8 +301,8 @@ impl LaunchConsumer {
     /// Whether the partitions should be paused, given `held` records waiting for a handler:
     /// on request (a cooldown), or once `max_in_flight` records are held; a pause for that
     /// reason lasts until a quarter remain. Pausing as soon as every handler was busy (and
-    /// resuming at each finished one) made librdkafka drop its prefetched records and fetch
-    /// again on every resume, which capped a backlog at about 2 × `max_in_flight` records/s.
+    /// resuming at each finished one) stopped and restarted librdkafka's fetching at every
+    /// finished handler, which capped a backlog at about 2 × `max_in_flight` records/s.
     fn want_pause(&self, held: usize) -> bool {
         if self.pause.is_paused() {
             return true;
