@@ -13,6 +13,7 @@ use crate::launch::{LaunchProcessor, SubmitSettings};
 use crate::locks::RequestLocks;
 use crate::metrics::Metrics;
 use crate::publish::RecordBuilder;
+use crate::telemetry::ErrorChain;
 use anyhow::Context;
 use axum::http::HeaderName;
 use secrecy::{ExposeSecret, SecretString};
@@ -233,7 +234,7 @@ impl Application {
             match tokio::time::timeout(drain + Duration::from_secs(5), &mut consuming).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => {
-                    tracing::error!(error = %e, "launch consumer ended with an error")
+                    tracing::error!(error = %ErrorChain(&e), "launch consumer ended with an error")
                 }
                 Ok(Err(e)) => tracing::error!(error = %e, "launch consumer task failed"),
                 Err(_) => tracing::error!("launch consumer did not stop in time"),

@@ -11,6 +11,7 @@ use crate::kafka::{RecordProducer, StateView};
 use crate::locks::RequestLocks;
 use crate::metrics::Metrics;
 use crate::publish::RecordBuilder;
+use crate::telemetry::ErrorChain;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
@@ -42,11 +43,16 @@ impl CallbackSink for CallbackProcessor {
     }
 }
 
-fn unavailable(reason: impl std::fmt::Display) -> SinkError {
+fn unavailable(reason: &str) -> SinkError {
     SinkError::Unavailable {
         retry_after: Duration::from_secs(5),
-        reason: reason.to_string(),
+        reason: reason.to_owned(),
     }
+}
+
+/// A Kafka failure as a 503, its cause kept in the reason.
+fn kafka_unavailable(error: impl std::error::Error + 'static) -> SinkError {
+    unavailable(&ErrorChain(&error).to_string())
 }
 
 impl CallbackProcessor {
@@ -95,7 +101,7 @@ impl CallbackProcessor {
         tokio::time::timeout(self.ack_timeout, self.state.get(request_id))
             .await
             .map_err(|_| unavailable("run state not readable in time"))?
-            .map_err(unavailable)
+            .map_err(kafka_unavailable)
     }
 
     async fn process(
@@ -211,7 +217,7 @@ impl CallbackProcessor {
             self.producer
                 .send_all(out, self.ack_timeout)
                 .await
-                .map_err(unavailable)?;
+                .map_err(kafka_unavailable)?;
         }
         // Written after the records: a crash in between republishes the batch on redelivery
         // (same result_ids), never loses it.
@@ -221,7 +227,7 @@ impl CallbackProcessor {
         )
         .await
         .map_err(|_| unavailable("run state not written in time"))?
-        .map_err(unavailable)?;
+        .map_err(kafka_unavailable)?;
         if new_run && !status.is_terminal() {
             self.metrics.runs_in_flight.inc();
         }

@@ -13,6 +13,7 @@ use crate::kafka::{HandleOutcome, InboundRecord, LaunchHandler, RecordProducer, 
 use crate::locks::RequestLocks;
 use crate::metrics::Metrics;
 use crate::publish::{Origin, RecordBuilder};
+use crate::telemetry::ErrorChain;
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
@@ -337,7 +338,7 @@ impl LaunchProcessor {
     /// become durable before its offset is stored, and giving up would lose it.
     async fn durably<T, E, F, Fut>(&self, what: &str, mut op: F) -> Result<T, Interrupted>
     where
-        E: std::fmt::Display,
+        E: std::error::Error + 'static,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -349,7 +350,7 @@ impl LaunchProcessor {
             match op().await {
                 Ok(value) => return Ok(value),
                 Err(error) => {
-                    tracing::warn!(%error, what, retry_in = ?delay, "kafka write failed; retrying");
+                    tracing::warn!(error = %ErrorChain(&error), what, retry_in = ?delay, "kafka write failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = self.shutdown.cancelled() => return Err(Interrupted),

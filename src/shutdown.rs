@@ -1,5 +1,7 @@
-//! One cancellation tree for the process: SIGTERM or Ctrl-C cancels the root token, and every
-//! long-running part takes a child of it as a parameter (so tests stop them the same way).
+//! The process's stop signal: SIGTERM or Ctrl-C cancels one token, which
+//! [`crate::app::Application::run_until_stopped`] takes as a parameter (so tests stop the
+//! bridge the same way). The app then stops its parts one by one, each with a token of its
+//! own, because the order matters: stop consuming, drain, stop callbacks, flush, commit.
 
 use tokio_util::sync::CancellationToken;
 

@@ -18,3 +18,35 @@ pub fn init(settings: &LogSettings) {
         builder.try_init()
     };
 }
+
+/// Displays an error with its `source()` chain, `outer: inner: innermost`. Errors print only
+/// their own message (their cause is their source), so logs and answers that carry one line
+/// of text use this to keep the cause.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorChain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_chain_prints_every_cause_once() {
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(ErrorChain(&e).to_string(), "outer: inner");
+    }
+}

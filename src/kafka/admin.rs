@@ -33,7 +33,7 @@ impl TopicSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The admin call failed as a whole (broker unreachable, timeout).
-    #[error("admin request failed: {0}")]
+    #[error("admin request failed")]
     Kafka(#[from] KafkaError),
     /// A topic could not be created.
     #[error("cannot create topic {topic}: {code}")]

@@ -161,7 +161,7 @@ impl PauseControl {
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
     /// The consumer could not be created or subscribed.
-    #[error("consumer setup: {0}")]
+    #[error("consumer setup failed")]
     Setup(#[source] KafkaError),
     /// librdkafka raised a fatal error; the consumer cannot continue.
     #[error("fatal consumer error: {0}")]

@@ -67,7 +67,7 @@ pub struct Delivered {
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
     /// Some records were refused; the batch is not durable as a whole.
-    #[error("{failed} of {total} records not delivered: {first}")]
+    #[error("{failed} of {total} records not delivered")]
     Delivery {
         /// Records that failed.
         failed: usize,
@@ -81,7 +81,7 @@ pub enum ProduceError {
     #[error("delivery not acknowledged within {0:?}")]
     Timeout(Duration),
     /// The producer could not be created.
-    #[error("producer configuration: {0}")]
+    #[error("invalid producer configuration")]
     Config(#[source] KafkaError),
 }
 

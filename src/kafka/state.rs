@@ -63,13 +63,13 @@ pub enum StateError {
     #[error("run state unavailable: {0}")]
     Unavailable(String),
     /// Kafka refused a request.
-    #[error("run state kafka error: {0}")]
+    #[error("run state kafka request failed")]
     Kafka(#[from] KafkaError),
     /// A write was not acknowledged.
-    #[error("run state write failed: {0}")]
+    #[error("run state write failed")]
     Write(#[from] ProduceError),
     /// A value could not be encoded.
-    #[error("run state encoding: {0}")]
+    #[error("run state not encodable")]
     Encode(#[from] serde_json::Error),
 }
 
