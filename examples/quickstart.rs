@@ -230,22 +230,19 @@ fn bridge_settings() -> anyhow::Result<Settings> {
         "k1:{}",
         base64::engine::general_purpose::STANDARD.encode(secret)
     );
-    // Only the secrets come from this lookup; Settings::load_from still merges the process's
-    // CAPTAIN_BRIDGE_* variables (e.g. topic names), and the fields set below win over them.
-    let mut settings = Settings::load_from(None, |name| match name {
-        ENV_API_KEY => Some(API_KEY.to_owned()),
-        ENV_CALLBACK_KEYS => Some(callback_keys.clone()),
-        _ => None,
-    })
-    .context("loading the default settings")?;
+    // The process's CAPTAIN_BRIDGE_* variables (e.g. topic names) still apply, under the
+    // demo's own secrets; the fields set below win over them.
+    let env = std::env::vars()
+        .filter(|(name, _)| name != ENV_API_KEY && name != ENV_CALLBACK_KEYS)
+        .chain([
+            (ENV_API_KEY.to_owned(), API_KEY.to_owned()),
+            (ENV_CALLBACK_KEYS.to_owned(), callback_keys),
+        ]);
+    let mut settings = Settings::load_from(None, env).context("loading the default settings")?;
     settings.callbacks.signing_key_id = "k1".into();
-    // The sim needs the callback URL at submission, before the bridge binds: pick the port now.
-    let callback_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("finding a free port for callbacks")?
-        .port();
-    settings.callbacks.listen = SocketAddr::from(([127, 0, 0, 1], callback_port));
-    settings.callbacks.public_base_url = format!("http://127.0.0.1:{callback_port}");
+    // Bound on port 0; the callback URL handed to the sim is derived from the bound port.
+    settings.callbacks.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.callbacks.public_base_url = None;
     settings.ops.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     // The mock cluster has no admin API: topics are created with EmbeddedKafka instead.
     settings.kafka.create_topics = false;

@@ -3,7 +3,7 @@
 //! token is cancelled or one of them fails, then stops them in order: stop consuming, drain
 //! in-flight launches within the deadline, stop accepting callbacks, flush the producer.
 
-use crate::callbacks::{self, CallbackState, Readiness, TokenKeys};
+use crate::callbacks::{self, CallbackState, Readiness};
 use crate::captain::{AdaptiveLimiter, CaptainClient, ClientConfig, RetryPolicy};
 use crate::config::Settings;
 use crate::domain::RunState;
@@ -14,6 +14,7 @@ use crate::locks::RequestLocks;
 use crate::metrics::Metrics;
 use crate::publish::RecordBuilder;
 use crate::telemetry::ErrorChain;
+use crate::token::TokenKeys;
 use anyhow::Context;
 use axum::http::HeaderName;
 use secrecy::{ExposeSecret, SecretString};
@@ -82,11 +83,8 @@ impl Application {
         );
         // One limiter for the API key, shared by every call of this instance (retries too).
         let limiter = Arc::new(
-            AdaptiveLimiter::new(
-                settings.captain.rate_limit.limiter_config(),
-                metrics.clone(),
-            )
-            .map_err(|e| anyhow::anyhow!("captain.rate_limit.{}: {}", e.field, e.reason))?,
+            AdaptiveLimiter::new(settings.captain.rate_limit.clone(), metrics.clone())
+                .map_err(|e| anyhow::anyhow!("captain.rate_limit.{}: {}", e.field, e.reason))?,
         );
         let client = Arc::new(
             CaptainClient::new(client_config(&settings)?, metrics.clone())
@@ -106,7 +104,7 @@ impl Application {
             locks: locks.clone(),
             metrics: metrics.clone(),
             settings: SubmitSettings {
-                public_base_url: settings.callbacks.public_base_url.clone(),
+                public_base_url: public_base_url(&settings, callback_listener.local_addr()?),
                 header_secret: header_secret
                     .as_ref()
                     .map(|(name, secret)| (name.to_string(), secret.clone())),
@@ -312,6 +310,20 @@ fn ended<E: Into<anyhow::Error>>(
     }
 }
 
+/// The configured public base URL, or one derived from the bound listener: bound first, so a
+/// listen port of 0 (tests, side-by-side instances) gets its real port into the callback URL.
+fn public_base_url(settings: &Settings, bound: SocketAddr) -> String {
+    if let Some(url) = &settings.callbacks.public_base_url {
+        return url.clone();
+    }
+    let ip = if bound.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        bound.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, bound.port()))
+}
+
 fn token_keys(settings: &Settings) -> anyhow::Result<TokenKeys> {
     let text = settings
         .secrets
@@ -351,7 +363,8 @@ fn client_config(settings: &Settings) -> anyhow::Result<ClientConfig> {
     })
 }
 
-fn topic_specs(settings: &Settings) -> Vec<kafka::TopicSpec> {
+/// The topics the bridge creates (when `kafka.create_topics`) and checks at start-up.
+pub fn topic_specs(settings: &Settings) -> Vec<kafka::TopicSpec> {
     let k = &settings.kafka;
     let t = &k.topics;
     let plain = |name: &str| kafka::TopicSpec {

@@ -2,13 +2,14 @@
 //! variables (`CAPTAIN_BRIDGE_<SECTION>__<KEY>`); secrets only from the environment or from
 //! files named in the config, wrapped so they never print. Errors name the offending key.
 
-use figment::providers::{Env, Format, Serialized, Toml, Yaml};
+use figment::providers::{Format, Serialized, Toml, Yaml};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Prefix of every environment override, e.g. `CAPTAIN_BRIDGE_KAFKA__BOOTSTRAP_SERVERS`.
@@ -143,78 +144,7 @@ pub struct CaptainSettings {
     /// Inputs per schedule (the API allows 100).
     pub schedule_max_inputs: usize,
     /// The shared, adaptive rate limiter every API call of this instance goes through.
-    pub rate_limit: RateLimitSettings,
-}
-
-/// `[captain.rate_limit]`: set `rate_per_sec`/`ceiling_per_sec` to your plan's rate; a rate
-/// above the real limit converges down to it on 429s (to the rate the API accepted between two
-/// 429s), holds there, and probes back up.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimitSettings {
-    /// Name of the API key in metrics (the `key` label); never the key itself.
-    pub key_name: String,
-    pub rate_per_sec: f64,
-    pub burst: u32,
-    pub floor_per_sec: f64,
-    pub ceiling_per_sec: f64,
-    /// Deepest rate cut on a 429 (multiplier; once per cooldown), and the cut when the
-    /// accepted rate cannot be measured.
-    pub decrease_factor: f64,
-    /// Requests per second added back per quiet `probe_interval`.
-    pub increase_per_sec: f64,
-    #[serde(with = "humantime_serde")]
-    pub probe_interval: Duration,
-    /// Longest hold at a measured limit before probing above it again.
-    #[serde(with = "humantime_serde")]
-    pub max_probe_hold: Duration,
-    /// Cooldown after a 429 without `Retry-After` / `X-RateLimit-Reset`.
-    #[serde(with = "humantime_serde")]
-    pub default_cooldown: Duration,
-    #[serde(with = "humantime_serde")]
-    pub max_cooldown: Duration,
-    /// A cooldown longer than this pauses the launch partitions (the consumer keeps polling,
-    /// so it stays in its group) instead of piling requests up in memory.
-    #[serde(with = "humantime_serde")]
-    pub pause_consumer_after: Duration,
-}
-
-impl Default for RateLimitSettings {
-    fn default() -> Self {
-        let l = crate::captain::LimiterConfig::default();
-        Self {
-            key_name: l.key_name,
-            rate_per_sec: l.rate_per_sec,
-            burst: l.burst,
-            floor_per_sec: l.floor_per_sec,
-            ceiling_per_sec: l.ceiling_per_sec,
-            decrease_factor: l.decrease_factor,
-            increase_per_sec: l.increase_per_sec,
-            probe_interval: l.probe_interval,
-            max_probe_hold: l.max_probe_hold,
-            default_cooldown: l.default_cooldown,
-            max_cooldown: l.max_cooldown,
-            pause_consumer_after: Duration::from_secs(2),
-        }
-    }
-}
-
-impl RateLimitSettings {
-    pub fn limiter_config(&self) -> crate::captain::LimiterConfig {
-        crate::captain::LimiterConfig {
-            key_name: self.key_name.clone(),
-            rate_per_sec: self.rate_per_sec,
-            burst: self.burst,
-            floor_per_sec: self.floor_per_sec,
-            ceiling_per_sec: self.ceiling_per_sec,
-            decrease_factor: self.decrease_factor,
-            increase_per_sec: self.increase_per_sec,
-            probe_interval: self.probe_interval,
-            max_probe_hold: self.max_probe_hold,
-            default_cooldown: self.default_cooldown,
-            max_cooldown: self.max_cooldown,
-        }
-    }
+    pub rate_limit: crate::captain::LimiterConfig,
 }
 
 impl Default for CaptainSettings {
@@ -229,7 +159,7 @@ impl Default for CaptainSettings {
             max_rate_limit_wait: Duration::from_secs(600),
             async_max_inputs: 100_000,
             schedule_max_inputs: 100,
-            rate_limit: RateLimitSettings::default(),
+            rate_limit: crate::captain::LimiterConfig::default(),
         }
     }
 }
@@ -240,7 +170,9 @@ pub struct CallbackSettings {
     /// Where the callback endpoint listens.
     pub listen: SocketAddr,
     /// How Captain Data reaches this endpoint (behind the load balancer), without `/callbacks`.
-    pub public_base_url: String,
+    /// Unset: `http://` + the bound listen address (loopback when listening on every
+    /// interface), which only a local API (captain-sim) can reach; set it in production.
+    pub public_base_url: Option<String>,
     /// Key id (from the callback keys) that signs new tokens; the others only verify.
     pub signing_key_id: String,
     /// File holding callback keys (alternative to `CAPTAIN_BRIDGE_CALLBACK_KEYS`).
@@ -266,7 +198,7 @@ impl Default for CallbackSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            public_base_url: "http://127.0.0.1:8080".into(),
+            public_base_url: None,
             signing_key_id: "k1".into(),
             keys_file: None,
             header_secret_file: None,
@@ -367,14 +299,19 @@ impl Settings {
     /// Loads defaults, then the file (if any), then environment overrides, then secrets, and
     /// validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(file, |name| std::env::var(name).ok())
+        Self::load_from(file, std::env::vars())
     }
 
-    /// As [`Settings::load`], with the environment given as a lookup (for tests).
+    /// As [`Settings::load`], with the environment given as name/value pairs (tests inject
+    /// theirs instead of changing the process's).
     pub fn load_from(
         file: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
+        env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -402,15 +339,24 @@ impl Settings {
                 ));
             }
         }
-        figment = figment.merge(
-            Env::prefixed(ENV_PREFIX)
-                .filter(|k| {
-                    !SECRET_ENVS
-                        .iter()
-                        .any(|s| s[ENV_PREFIX.len()..].eq_ignore_ascii_case(k.as_str()))
-                })
-                .split("__"),
-        );
+        for (name, value) in &env {
+            let Some(key) = override_key(name) else {
+                continue;
+            };
+            // Parsed as figment's own environment provider would (numbers, booleans, arrays),
+            // so "7" fills a usize and "10s" a duration.
+            let value =
+                figment::value::Value::from_str(value).unwrap_or_else(|never| match never {});
+            figment = match key.strip_prefix("kafka.properties.") {
+                // librdkafka names hold dots: `..._PROPERTIES__SECURITY__PROTOCOL` is one
+                // key, `security.protocol`, not a nested table.
+                Some(property) => {
+                    let entry = BTreeMap::from([(property.to_owned(), value)]);
+                    figment.merge(Serialized::default("kafka.properties", entry))
+                }
+                None => figment.merge(Serialized::default(&key, value)),
+            };
+        }
         let mut settings: Settings = figment.extract().map_err(|e| {
             let key = e.path.join(".");
             if key.is_empty() {
@@ -419,21 +365,22 @@ impl Settings {
                 invalid(&key, e.kind.to_string())
             }
         })?;
+        let lookup = |name: &str| env.get(name).cloned();
         settings.secrets = Secrets {
             api_key: secret(
-                &env,
+                &lookup,
                 ENV_API_KEY,
                 settings.captain.api_key_file.as_deref(),
                 "captain.api_key_file",
             )?,
             callback_keys: secret(
-                &env,
+                &lookup,
                 ENV_CALLBACK_KEYS,
                 settings.callbacks.keys_file.as_deref(),
                 "callbacks.keys_file",
             )?,
             callback_header_secret: secret(
-                &env,
+                &lookup,
                 ENV_CALLBACK_HEADER_SECRET,
                 settings.callbacks.header_secret_file.as_deref(),
                 "callbacks.header_secret_file",
@@ -482,7 +429,9 @@ impl Settings {
             return Err(invalid("kafka.replication_factor", "must be at least 1"));
         }
         http_url("captain.base_url", &self.captain.base_url)?;
-        http_url("callbacks.public_base_url", &self.callbacks.public_base_url)?;
+        if let Some(url) = &self.callbacks.public_base_url {
+            http_url("callbacks.public_base_url", url)?;
+        }
         if self.captain.max_attempts == 0 {
             return Err(invalid("captain.max_attempts", "must be at least 1"));
         }
@@ -500,7 +449,6 @@ impl Settings {
         }
         self.captain
             .rate_limit
-            .limiter_config()
             .validate()
             .map_err(|e| invalid(&format!("captain.rate_limit.{}", e.field), e.reason))?;
         if self.callbacks.max_body_bytes < 1024 {
@@ -534,6 +482,16 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// `CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT` → `launch.max_in_flight`; `None` for the secrets,
+/// which are not settings.
+fn override_key(name: &str) -> Option<String> {
+    if SECRET_ENVS.contains(&name) {
+        return None;
+    }
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    (!rest.is_empty()).then(|| rest.to_ascii_lowercase().replace("__", "."))
 }
 
 fn secret(
@@ -577,21 +535,16 @@ fn http_url(key: &str, url: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
     use std::io::Write;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
+            .collect()
     }
 
-    /// Tests that set or depend on process environment variables take this lock.
-    static PROCESS_ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn with_secrets() -> impl Fn(&str) -> Option<String> {
+    fn with_secrets() -> Vec<(String, String)> {
         env(&[
             (ENV_API_KEY, "key"),
             (ENV_CALLBACK_KEYS, "k1:c2VjcmV0LXNlY3JldC1zZWNyZXQ="),
@@ -642,14 +595,43 @@ mod tests {
     #[test]
     fn environment_overrides_the_file() {
         let f = file("[kafka]\nbootstrap_servers = \"file:1\"\n", "yaml.toml");
-        let e = env(&[(ENV_API_KEY, "key"), (ENV_CALLBACK_KEYS, "k1:x")]);
-        // figment reads the process environment.
-        let _env = PROCESS_ENV.lock().unwrap_or_else(|e| e.into_inner());
-        std::env::set_var("CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT", "7");
+        let e = env(&[
+            (ENV_API_KEY, "key"),
+            (ENV_CALLBACK_KEYS, "k1:x"),
+            ("CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT", "7"),
+            ("CAPTAIN_BRIDGE_SHUTDOWN__DRAIN_TIMEOUT", "3s"),
+        ]);
         let s = Settings::load_from(Some(f.path()), e).unwrap();
-        std::env::remove_var("CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT");
         assert_eq!(s.kafka.bootstrap_servers, "file:1");
         assert_eq!(s.launch.max_in_flight, 7);
+        assert_eq!(s.shutdown.drain_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_librdkafka_property_with_dots_can_be_set_from_the_environment() {
+        let e = env(&[
+            (ENV_API_KEY, "key"),
+            (ENV_CALLBACK_KEYS, "k1:x"),
+            (
+                "CAPTAIN_BRIDGE_KAFKA__PROPERTIES__SECURITY__PROTOCOL",
+                "SASL_SSL",
+            ),
+        ]);
+        let s = Settings::load_from(None, e).unwrap();
+        assert_eq!(
+            s.kafka
+                .properties
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("SASL_SSL")
+        );
+    }
+
+    #[test]
+    fn a_secret_variable_is_not_read_as_a_setting() {
+        // CAPTAIN_BRIDGE_API_KEY would otherwise be the unknown key `api_key` and be refused.
+        let s = Settings::load_from(None, with_secrets()).unwrap();
+        assert!(s.secrets.api_key.is_some());
     }
 
     #[test]
@@ -671,7 +653,6 @@ mod tests {
 
     #[test]
     fn the_shipped_example_config_loads_and_equals_the_defaults() {
-        let _env = PROCESS_ENV.lock().unwrap_or_else(|e| e.into_inner());
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/captain-bridge.example.toml");
         let s = Settings::load_from(Some(&path), with_secrets()).unwrap();
         let defaults = Settings::load_from(None, with_secrets()).unwrap();

@@ -3,15 +3,16 @@
 //! a duplicate delivery publishes nothing twice. Success is returned only once Kafka has
 //! acknowledged every record, so the endpoint's 2xx means "durable".
 
-use crate::callbacks::{CallbackClaims, CallbackPayload, CallbackSink, SinkAck, SinkError};
+use crate::callbacks::{CallbackPayload, CallbackSink, SinkAck, SinkError};
 use crate::domain::{
-    transition, Mode, RunResult, RunState, RunStatusEvent, StatusError, StatusSource, Transition,
+    transition, Mode, RunResult, RunState, RunStatusEvent, StatusSource, Transition,
 };
 use crate::kafka::{RecordProducer, StateView};
 use crate::locks::RequestLocks;
 use crate::metrics::Metrics;
 use crate::publish::RecordBuilder;
 use crate::telemetry::ErrorChain;
+use crate::token::CallbackClaims;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
@@ -183,12 +184,7 @@ impl CallbackProcessor {
                 mode,
                 status,
                 previous_status: previous,
-                error: payload.error.as_ref().map(|e| StatusError {
-                    label: e.error_label.clone(),
-                    scope: e.error_scope.clone(),
-                    message: e.message.clone(),
-                    http_status: e.status_code,
-                }),
+                error: payload.error.clone(),
                 source: StatusSource::Callback,
                 occurred_at: now,
                 metadata,

@@ -2,7 +2,6 @@
 //! status, or one submitted run per chunk with its first status. The consumer may store the
 //! record's offset only when this returns `Done`: by then the outcome is acknowledged by Kafka.
 
-use crate::callbacks::{self, CallbackClaims, TokenKeys};
 use crate::captain::{AsyncRunBody, CallbackTarget, CaptainClient, ScheduleRunBody, SubmitError};
 use crate::domain::request::{self, derived_request_id, LaunchRequest, Mode, RejectedContext};
 use crate::domain::{
@@ -14,6 +13,7 @@ use crate::locks::RequestLocks;
 use crate::metrics::Metrics;
 use crate::publish::{Origin, RecordBuilder};
 use crate::telemetry::ErrorChain;
+use crate::token::{self, CallbackClaims, TokenKeys};
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
@@ -209,7 +209,7 @@ impl LaunchProcessor {
             chunk,
         });
         let callback = CallbackTarget {
-            url: callbacks::callback_url(&self.settings.public_base_url, &token),
+            url: token::callback_url(&self.settings.public_base_url, &token),
             headers: self.settings.header_secret.as_ref().map(|(name, secret)| {
                 BTreeMap::from([(name.clone(), secret.expose_secret().to_owned())])
             }),

@@ -7,7 +7,8 @@
 //! - [`domain`]: launch requests and their validation, statuses and their state machine, records;
 //! - [`launch`]: one launch record → dead letter + REJECTED, or submitted runs + first status;
 //! - [`captain`]: the Captain Data API client (classification, retries, 429 waits);
-//! - [`callbacks`]: the HTTP endpoint (tokens, limits, precise refusals) and ops endpoints;
+//! - [`callbacks`]: the HTTP endpoint (limits, precise refusals) and ops endpoints;
+//! - [`token`]: callback tokens, signed by the launch path and verified by the endpoint;
 //! - [`ingest`]: one callback → result records + status event, answered once Kafka has them;
 //! - [`publish`]: domain events → Kafka records; [`app`]: wiring and ordered shutdown;
 //! - [`config`], [`metrics`], [`telemetry`], [`shutdown`], [`locks`]: the supporting cast.
@@ -25,3 +26,4 @@ pub mod metrics;
 pub mod publish;
 pub mod shutdown;
 pub mod telemetry;
+pub mod token;

@@ -6,6 +6,7 @@ use captain_bridge::app::Application;
 use captain_bridge::config::Settings;
 use captain_bridge::{shutdown, telemetry};
 use clap::{Parser, Subcommand};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +73,15 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         shutdown::cancel_on_signal(stop.clone());
         let app = Application::build(settings).await?;
+        // One line on stdout once bound (logs go to stderr): how scripts and tests learn the
+        // ports when they ask for port 0.
+        // A closed stdout must not stop the bridge: the line is a courtesy.
+        let _ = writeln!(
+            std::io::stdout(),
+            "captain-bridge listening: callbacks http://{} ops http://{}",
+            app.callback_addr()?,
+            app.ops_addr()?
+        );
         app.run_until_stopped(stop).await
     })
 }

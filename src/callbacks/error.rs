@@ -2,7 +2,7 @@
 //! outcome and its JSON answer `{"error": "<code>", "message": "<reason>"}`.
 
 use super::payload::PayloadError;
-use super::token::TokenError;
+use crate::token::TokenError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;

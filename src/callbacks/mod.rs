@@ -1,21 +1,16 @@
-//! The callback HTTP server embedded in the bridge: token signing and verification, the
-//! callback payload, the `POST /callbacks/{token}` router and its errors, the operations
+//! The callback HTTP server embedded in the bridge (tokens are verified with [`crate::token`]):
+//! the callback payload, the `POST /callbacks/{token}` router and its errors, the operations
 //! endpoints, and [`serve`], which runs any of these routers until shutdown.
 
 mod error;
 mod ops;
 mod payload;
 mod router;
-mod token;
 
 pub use error::CallbackError;
 pub use ops::{ops_router, Readiness};
 pub use payload::{CallbackPayload, CallbackRun, PayloadError};
 pub use router::{callback_router, CallbackSink, CallbackState, SinkAck, SinkError};
-pub use token::{
-    callback_url, parse_key_material, CallbackClaims, KeyConfigError, TokenError, TokenKeys,
-    MIN_SECRET_LEN,
-};
 
 use axum::Router;
 use std::future::Future;

@@ -3,8 +3,8 @@
 //! the field and the reason. Unknown top-level keys are tolerated: the platform may add fields,
 //! and refusing a callback for that would lose its results (a replay would be refused too).
 
-use crate::captain::ApiError;
-use crate::domain::RunStatus;
+use crate::domain::{RunStatus, StatusError};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// Which run and batch a callback belongs to.
@@ -25,7 +25,8 @@ pub struct CallbackPayload {
     pub input: Option<Value>,
     /// The input's `custom_data`, copied to the root by the platform (any JSON value).
     pub custom_data: Option<Value>,
-    pub error: Option<ApiError>,
+    /// The run's or the input's error (the API's error object), as status events carry it.
+    pub error: Option<StatusError>,
     /// Number of results the platform says this callback holds (not checked against `results`).
     pub results_count: Option<u64>,
     /// Result items, each a JSON object.
@@ -75,8 +76,9 @@ impl CallbackPayload {
         let error = match non_null(root.remove("error")) {
             None => None,
             Some(v @ Value::Object(_)) => Some(
-                serde_json::from_value::<ApiError>(v)
-                    .map_err(|e| PayloadError::invalid("error", e.to_string()))?,
+                serde_json::from_value::<WireError>(v)
+                    .map_err(|e| PayloadError::invalid("error", e.to_string()))?
+                    .into(),
             ),
             Some(_) => return Err(PayloadError::invalid("error", "must be an object or null")),
         };
@@ -107,6 +109,31 @@ impl CallbackPayload {
             results_count,
             results,
         })
+    }
+}
+
+/// The API's error object as a callback carries it (`APIError`); other keys are ignored.
+#[derive(Deserialize)]
+struct WireError {
+    #[serde(default)]
+    error_label: Option<String>,
+    /// `input`, `integ`, `param`, `config` per the spec; the docs show others, so any string.
+    #[serde(default)]
+    error_scope: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    status_code: Option<u16>,
+}
+
+impl From<WireError> for StatusError {
+    fn from(e: WireError) -> Self {
+        StatusError {
+            label: e.error_label,
+            scope: e.error_scope,
+            message: e.message.unwrap_or_default(),
+            http_status: e.status_code,
+        }
     }
 }
 
@@ -233,7 +260,7 @@ mod tests {
         v["run"]["status"] = json!("FAILED");
         v["error"] = json!({"error_label": "NO_RESULT", "message": "nothing found"});
         let p = CallbackPayload::from_value(v).unwrap();
-        assert_eq!(p.error.unwrap().error_label.as_deref(), Some("NO_RESULT"));
+        assert_eq!(p.error.unwrap().label.as_deref(), Some("NO_RESULT"));
     }
 
     #[test]

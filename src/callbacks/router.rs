@@ -4,8 +4,8 @@
 
 use super::error::CallbackError;
 use super::payload::CallbackPayload;
-use super::token::{CallbackClaims, TokenKeys};
 use crate::metrics::Metrics;
+use crate::token::{CallbackClaims, TokenKeys};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName};

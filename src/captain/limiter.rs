@@ -34,8 +34,12 @@ const FIRST_HOLD_INTERVALS: u32 = 5;
 /// holds start short again.
 const SAME_LEVEL: f64 = 1.05;
 
-/// How the limiter of one key paces attempts and adapts to 429 answers.
-#[derive(Debug, Clone, PartialEq)]
+/// How the limiter of one key paces attempts and adapts to 429 answers: the
+/// `[captain.rate_limit]` table of the configuration. Set `rate_per_sec`/`ceiling_per_sec` to
+/// the plan's rate; a rate above the real limit converges down to it on 429s (to the rate the
+/// API accepted between two 429s), holds there, and probes back up.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimiterConfig {
     /// Name of the key in metrics (`key` label): a configured name, never the secret.
     pub key_name: String,
@@ -54,13 +58,22 @@ pub struct LimiterConfig {
     /// Requests per second added back for each second without a 429 (additive increase).
     pub increase_per_sec: f64,
     /// Quiet time (no 429, no rate change) before each additive step.
+    #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
     /// Longest hold at a measured limit before probing above it again.
+    #[serde(with = "humantime_serde")]
     pub max_probe_hold: Duration,
     /// Cooldown after a 429 that says neither `Retry-After` nor `X-RateLimit-Reset`.
+    #[serde(with = "humantime_serde")]
     pub default_cooldown: Duration,
     /// Longest cooldown honoured, whatever the API asks; the client gives up on its own budget.
+    #[serde(with = "humantime_serde")]
     pub max_cooldown: Duration,
+    /// Not the limiter's own: a cooldown longer than this pauses the launch partitions (the
+    /// consumer keeps polling, so it stays in its group) instead of piling requests up in
+    /// memory.
+    #[serde(with = "humantime_serde")]
+    pub pause_consumer_after: Duration,
 }
 
 impl Default for LimiterConfig {
@@ -80,6 +93,7 @@ impl Default for LimiterConfig {
             max_probe_hold: Duration::from_secs(60),
             default_cooldown: Duration::from_secs(1),
             max_cooldown: Duration::from_secs(300),
+            pause_consumer_after: Duration::from_secs(2),
         }
     }
 }

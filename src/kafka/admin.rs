@@ -98,24 +98,46 @@ pub async fn ensure_topics(
         .iter()
         .map(|s| ResourceSpecifier::Topic(&s.name))
         .collect();
-    let described = admin.describe_configs(resources.iter(), &options).await?;
-    for (spec, result) in compacted.iter().zip(described) {
-        let resource = result.map_err(|code| AdminError::Create {
-            topic: spec.name.clone(),
-            code,
-        })?;
-        let actual = resource
-            .get("cleanup.policy")
-            .and_then(|e| e.value.clone())
-            .unwrap_or_default();
-        if !actual.split(',').any(|p| p.trim() == "compact") {
+    // A topic created a moment ago (by this call or by another instance starting beside us)
+    // can be described before the broker knows its configuration: no entry, or "unknown
+    // topic". That is asked again until `timeout`; a policy that is known and wrong is not.
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let described = admin.describe_configs(resources.iter(), &options).await?;
+        let mut pending = None;
+        for (spec, result) in compacted.iter().zip(described) {
+            let policy = match result {
+                Ok(resource) => resource.get("cleanup.policy").and_then(|e| e.value.clone()),
+                Err(RDKafkaErrorCode::UnknownTopicOrPartition) => None,
+                Err(code) => {
+                    return Err(AdminError::Create {
+                        topic: spec.name.clone(),
+                        code,
+                    })
+                }
+            };
+            match policy {
+                Some(p) if p.split(',').any(|p| p.trim() == "compact") => {}
+                Some(actual) => {
+                    return Err(AdminError::NotCompacted {
+                        topic: spec.name.clone(),
+                        actual,
+                    })
+                }
+                None => pending = Some(spec.name.clone()),
+            }
+        }
+        let Some(topic) = pending else {
+            return Ok(());
+        };
+        if tokio::time::Instant::now() >= deadline {
             return Err(AdminError::NotCompacted {
-                topic: spec.name.clone(),
-                actual,
+                topic,
+                actual: "unknown (not described in time)".into(),
             });
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
 }
 
 /// The number of partitions of `topic`, from cluster metadata.

@@ -31,22 +31,15 @@ async fn a_backlog_of_100_000_requests_at_5_per_second_keeps_memory_bounded_and_
         "[rate_limits]\nretry_after_format = \"seconds\"\n[rate_limits.async]\nrps = {API_RATE}\nburst = 5\n"
     ));
     // Configured at twice the real rate, so cooldowns and partition pauses happen too.
-    let stack = Stack::start(
-        "backlog",
-        &sim,
-        &[
-            ("CAPTAIN_BRIDGE_CAPTAIN__RATE_LIMIT__RATE_PER_SEC", "10"),
-            ("CAPTAIN_BRIDGE_CAPTAIN__RATE_LIMIT__CEILING_PER_SEC", "10"),
-            ("CAPTAIN_BRIDGE_CAPTAIN__RATE_LIMIT__BURST", "5"),
-            ("CAPTAIN_BRIDGE_CAPTAIN__MAX_RATE_LIMIT_WAIT", "1h"),
-            (
-                "CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT",
-                &MAX_IN_FLIGHT.to_string(),
-            ),
-        ],
-    )
+    let stack = Stack::start("backlog", &sim, |s| {
+        s.captain.rate_limit.rate_per_sec = 10.0;
+        s.captain.rate_limit.ceiling_per_sec = 10.0;
+        s.captain.rate_limit.burst = 5;
+        s.captain.max_rate_limit_wait = Duration::from_secs(3600);
+        s.launch.max_in_flight = MAX_IN_FLIGHT as usize;
+    })
     .await;
-    let (idle_rss, _) = memory_mib(stack.bridge.pid());
+    let (idle_rss, _) = memory_mib(stack.bridge.pid().unwrap());
     let requests: Vec<Value> = (0..BACKLOG)
         .map(|i| search_request(&format!("bl-{i}"), 1, 1))
         .collect();
@@ -61,18 +54,21 @@ async fn a_backlog_of_100_000_requests_at_5_per_second_keeps_memory_bounded_and_
     let mut max_in_flight = 0.0f64;
     while watch_started.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        samples.push((watch_started.elapsed(), memory_mib(stack.bridge.pid()).0));
-        let m = stack.bridge.metrics().await;
+        samples.push((
+            watch_started.elapsed(),
+            memory_mib(stack.bridge.pid().unwrap()).0,
+        ));
+        let m = stack.metrics().await;
         max_in_flight =
             max_in_flight.max(metric(&m, "captain_bridge_launches_in_flight").unwrap_or(0.0));
     }
     let watched = watch_started.elapsed().as_secs_f64();
-    let (rss, peak) = memory_mib(stack.bridge.pid());
-    let stats = stack.sim.stats().await;
+    let (rss, peak) = memory_mib(stack.bridge.pid().unwrap());
+    let stats = stack.sim_stats().await;
     let submitted = stats["requests"]["POST /v4/actions/{action}/run/async"]["200"]
         .as_u64()
         .unwrap_or(0);
-    let final_metrics = stack.bridge.metrics().await;
+    let final_metrics = stack.metrics().await;
     let finished = launches_consumed(&final_metrics);
     let failed = metric(
         &final_metrics,

@@ -2,10 +2,9 @@
 //! tokens, oversized and malformed bodies; and duplicated or out-of-order deliveries from the
 //! simulator's fault injection that publish nothing twice and never move a status backwards.
 
-use crate::support::kafka::Collector;
-use crate::support::procs::CALLBACK_KEYS;
 use crate::*;
-use captain_bridge::callbacks::{CallbackClaims, TokenKeys};
+use captain_bridge::token::{CallbackClaims, TokenKeys};
+use captain_testkit::CALLBACK_KEYS;
 use std::time::Duration;
 
 fn claims(request_id: &str) -> CallbackClaims {
@@ -38,11 +37,9 @@ async fn post(url: &str, body: Vec<u8>) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_get_401_oversized_bodies_413_and_malformed_bodies_400() {
-    let stack = Stack::start(
-        "cbhttp",
-        &fast_sim_config(""),
-        &[("CAPTAIN_BRIDGE_CALLBACKS__MAX_BODY_BYTES", "65536")],
-    )
+    let stack = Stack::start("cbhttp", &fast_sim_config(""), |s| {
+        s.callbacks.max_body_bytes = 65536
+    })
     .await;
     let bridge = &stack.bridge;
     let keys = TokenKeys::from_config(CALLBACK_KEYS, "k2").unwrap();
@@ -111,7 +108,7 @@ async fn bad_tokens_get_401_oversized_bodies_413_and_malformed_bodies_400() {
             .status(),
         200
     );
-    let mut results = Collector::new(&stack.bootstrap, &stack.topics.results);
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
     results.until(Duration::from_secs(20), "two accepted results", |r| {
         r.len() >= 2
     });
@@ -125,7 +122,7 @@ async fn bad_tokens_get_401_oversized_bodies_413_and_malformed_bodies_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_batch_publishes_nothing_twice_and_a_late_status_is_not_published() {
-    let stack = Stack::start("cbdup", &fast_sim_config(""), &[]).await;
+    let stack = Stack::start("cbdup", &fast_sim_config(""), |_| {}).await;
     let keys = TokenKeys::from_config(CALLBACK_KEYS, "k2").unwrap();
     let url = stack.bridge.callback_url(&keys.sign(&claims("dup-1")));
     let send = |batch: &str, status: &str| {
@@ -146,11 +143,11 @@ async fn a_replayed_batch_publishes_nothing_twice_and_a_late_status_is_not_publi
     );
     assert_eq!(send("b2", "SUCCEEDED").await.status(), 200);
 
-    let mut results = Collector::new(&stack.bootstrap, &stack.topics.results);
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
     results.until(Duration::from_secs(20), "three distinct batches", |r| {
         r.len() >= 3
     });
-    let mut status = Collector::new(&stack.bootstrap, &stack.topics.status);
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
     status.until(Duration::from_secs(20), "SUCCEEDED", |r| {
         final_status_count(r, "SUCCEEDED") >= 1
     });
@@ -175,25 +172,25 @@ async fn a_replayed_batch_publishes_nothing_twice_and_a_late_status_is_not_publi
 async fn duplicated_and_out_of_order_deliveries_produce_no_duplicate_records_or_backward_transitions(
 ) {
     let faults = "[faults]\ncallback_duplicate_rate = 0.5\ncallback_out_of_order_rate = 0.5\n";
-    let stack = Stack::start("faults", &fast_sim_config(faults), &[]).await;
+    let stack = Stack::start("faults", &fast_sim_config(faults), |_| {}).await;
     const REQUESTS: usize = 15;
     let requests: Vec<Value> = (0..REQUESTS)
         .map(|i| search_request(&format!("f-{i}"), 2, 4))
         .collect();
     stack.produce(&requests).await;
     let expected = REQUESTS * 2 * 4;
-    let mut status = Collector::new(&stack.bootstrap, &stack.topics.status);
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
     status.until(Duration::from_secs(90), "every request SUCCEEDED", |r| {
         final_status_count(r, "SUCCEEDED") >= REQUESTS
     });
-    let mut results = Collector::new(&stack.bootstrap, &stack.topics.results);
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
     results.until(Duration::from_secs(60), "every result", |r| {
         r.len() >= expected
     });
     results.poll_for(Duration::from_secs(1));
     status.poll_for(Duration::from_millis(500));
 
-    let stats = stack.sim.stats().await;
+    let stats = stack.sim_stats().await;
     assert!(
         stats["callbacks"]["duplicated"].as_u64().unwrap() > 0,
         "the simulator really duplicated deliveries: {stats}"

@@ -3,8 +3,6 @@
 //! 7 s poll interval; the bridge pauses its launch partitions and keeps polling, so it stays
 //! the only member of its group, and every request is submitted and reported exactly once.
 
-use crate::support::kafka::{Collector, Topics};
-use crate::support::procs::{Bridge, BridgeOptions, Sim};
 use crate::*;
 use std::time::{Duration, Instant};
 
@@ -17,32 +15,18 @@ async fn a_cooldown_longer_than_the_poll_interval_causes_no_rebalance_and_no_red
     let sim_toml = fast_sim_config(
         "[rate_limits]\nretry_after_format = \"seconds\"\n[rate_limits.async]\nrps = 0.08\nburst = 2\n",
     );
-    let bootstrap = support::kafka::bootstrap();
-    let topics = Topics::unique("cooldown");
-    topics.create(&bootstrap).await;
-    let sim = Sim::start(&sim_toml);
-    let bridge = Bridge::start(&BridgeOptions {
-        topics: &topics,
-        api_base: sim.api_base(),
-        bootstrap: bootstrap.clone(),
-        env: [
-            ("CAPTAIN_BRIDGE_CAPTAIN__RATE_LIMIT__PAUSE_CONSUMER_AFTER", "1s"),
-            ("CAPTAIN_BRIDGE_CAPTAIN__MAX_RATE_LIMIT_WAIT", "120s"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-        extra_toml: format!(
-            "[kafka.properties]\n\"max.poll.interval.ms\" = \"{MAX_POLL_INTERVAL_MS}\"\n\"session.timeout.ms\" = \"6000\"\n"
-        ),
+    let stack = Stack::start("cooldown", &sim_toml, |s| {
+        s.captain.rate_limit.pause_consumer_after = Duration::from_secs(1);
+        s.captain.max_rate_limit_wait = Duration::from_secs(120);
+        s.kafka.properties.extend([
+            (
+                "max.poll.interval.ms".to_owned(),
+                MAX_POLL_INTERVAL_MS.to_string(),
+            ),
+            ("session.timeout.ms".to_owned(), "6000".to_owned()),
+        ]);
     })
     .await;
-    let stack = Stack {
-        topics,
-        sim,
-        bridge,
-        bootstrap,
-    };
 
     let requests: Vec<Value> = (0..REQUESTS)
         .map(|i| search_request(&format!("cd-{i}"), 1, 1))
@@ -51,7 +35,7 @@ async fn a_cooldown_longer_than_the_poll_interval_causes_no_rebalance_and_no_red
     stack.produce(&requests).await;
 
     // Wait for every request to succeed, scraping the pause gauge meanwhile.
-    let mut status = Collector::new(&stack.bootstrap, &stack.topics.status);
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
     let timeout = Duration::from_secs(180);
     let deadline = started + timeout;
     let mut paused_scrapes = 0u32;
@@ -67,7 +51,7 @@ async fn a_cooldown_longer_than_the_poll_interval_causes_no_rebalance_and_no_red
             stack.bridge.log_path().display()
         );
         status.poll_for(Duration::from_millis(200));
-        let m = stack.bridge.metrics().await;
+        let m = stack.metrics().await;
         scrapes += 1;
         if metric(&m, "captain_bridge_launch_paused_for_cooldown") == Some(1.0) {
             paused_scrapes += 1;
@@ -81,7 +65,7 @@ async fn a_cooldown_longer_than_the_poll_interval_causes_no_rebalance_and_no_red
     // Anything published twice would arrive shortly after the last SUCCEEDED.
     status.poll_for(Duration::from_secs(1));
 
-    let stats = stack.sim.stats().await;
+    let stats = stack.sim_stats().await;
     let submits = &stats["requests"]["POST /v4/actions/{action}/run/async"];
     let accepted = submits["200"].as_u64().unwrap_or(0);
     let throttled = submits["429"].as_u64().unwrap_or(0);

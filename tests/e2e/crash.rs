@@ -1,9 +1,8 @@
 //! `kill -9` in the middle of a stream of launch requests and callbacks: nothing is lost, and the
 //! duplicates the documented crash windows allow are counted and bounded.
 
-use crate::support::kafka::{Collector, Read};
-use crate::support::procs::API_KEY;
 use crate::*;
+use captain_testkit::API_KEY;
 use std::time::{Duration, Instant};
 
 const REQUESTS: usize = 1_000;
@@ -83,7 +82,7 @@ fn sim_client() -> reqwest::Client {
 /// Replays every original callback the simulator gave up on (status FAILED). This is what the
 /// bridge's reconciler will do in production: the platform's own retries are finite, so a
 /// callback that failed while no bridge was listening must be fetched again.
-async fn replay_failed_callbacks(sim: &support::procs::Sim) -> usize {
+async fn replay_failed_callbacks(sim: &SimProcess) -> usize {
     let client = sim_client();
     let api = sim.api_base();
     // Collect first, replay after: a replay that fails is itself a FAILED record, and paging a
@@ -143,7 +142,7 @@ async fn a_bridge_killed_with_sigkill_mid_stream_loses_no_request_and_no_result_
             "concurrency = 32",
             &format!("concurrency = {DELIVERY_CONCURRENCY}"),
         );
-    let mut stack = Stack::start("crash", &sim_toml, &[]).await;
+    let mut stack = Stack::start("crash", &sim_toml, |_| {}).await;
     let ids: Vec<String> = (0..REQUESTS).map(|i| format!("crash-{i:04}")).collect();
     let requests: Vec<Value> = ids
         .iter()
@@ -152,14 +151,14 @@ async fn a_bridge_killed_with_sigkill_mid_stream_loses_no_request_and_no_result_
     let started = Instant::now();
     stack.produce(&requests).await;
 
-    let mut status = Collector::new(&stack.bootstrap, &stack.topics.status);
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
     status.until(Duration::from_secs(60), "150 requests SUCCEEDED", |r| {
         final_status_count(r, "SUCCEEDED") >= 150
     });
     stack.bridge.kill_hard();
     let killed = Instant::now();
     let succeeded_at_kill = final_status_count(&status.records, "SUCCEEDED");
-    let sim_runs_at_kill = stack.sim.stats().await["runs_created"].clone();
+    let sim_runs_at_kill = stack.sim_stats().await["runs_created"].clone();
     assert!(
         succeeded_at_kill < REQUESTS,
         "the stream finished before the kill ({succeeded_at_kill} SUCCEEDED): nothing was tested"
@@ -172,7 +171,7 @@ async fn a_bridge_killed_with_sigkill_mid_stream_loses_no_request_and_no_result_
     // Stay dead until callbacks have failed against the closed port (the restart alone takes
     // well under a second, too short for the runs in progress to notice).
     let dead_until = Instant::now() + Duration::from_secs(10);
-    while stack.sim.stats().await["callbacks"]["attempts_failed"]
+    while stack.sim_stats().await["callbacks"]["attempts_failed"]
         .as_u64()
         .unwrap_or(0)
         < 20
@@ -184,7 +183,7 @@ async fn a_bridge_killed_with_sigkill_mid_stream_loses_no_request_and_no_result_
         "e2e crash: restarting after {:.2} s dead",
         killed.elapsed().as_secs_f64()
     );
-    stack.bridge.restart().await;
+    stack.bridge.restart().await.unwrap();
     let restarted = Instant::now();
     eprintln!(
         "e2e crash: bridge log {}",
@@ -192,7 +191,7 @@ async fn a_bridge_killed_with_sigkill_mid_stream_loses_no_request_and_no_result_
     );
     let replayed = replay_failed_callbacks(&stack.sim).await;
 
-    let mut results = Collector::new(&stack.bootstrap, &stack.topics.results);
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
     let deadline = Instant::now() + Duration::from_secs(75);
     loop {
         status.poll_for(Duration::from_millis(200));
@@ -215,7 +214,7 @@ async fn a_bridge_killed_with_sigkill_mid_stream_loses_no_request_and_no_result_
             panic!(
                 "not drained 75 s after the restart: not SUCCEEDED {missing:?}, results missing \
                  {without_results:?}; sim {}; bridge log {}",
-                stack.sim.stats().await,
+                stack.sim_stats().await,
                 stack.bridge.log_path().display()
             );
         }
@@ -289,7 +288,7 @@ async fn a_bridge_killed_with_sigkill_mid_stream_loses_no_request_and_no_result_
         drained.duration_since(restarted).as_secs_f64(),
         drained.duration_since(started).as_secs_f64()
     );
-    eprintln!("e2e crash: sim {}", stack.sim.stats().await["callbacks"]);
+    eprintln!("e2e crash: sim {}", stack.sim_stats().await["callbacks"]);
     assert!(
         resubmitted <= LAUNCH_MAX_IN_FLIGHT,
         "{resubmitted} requests were submitted twice: only a submission in flight at the kill \

@@ -1,13 +1,13 @@
 //! Invalid launch records: each class lands in the dead-letter topic with its reason and origin,
 //! gets a REJECTED status, and the valid records around it still go through.
 
-use crate::support::kafka::{produce_all, producer, Collector};
 use crate::*;
+use captain_testkit::kafka::{produce, producer};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_invalid_record_class_is_dead_lettered_with_its_reason_and_the_stream_goes_on() {
-    let stack = Stack::start("dlq", &fast_sim_config(""), &[]).await;
+    let stack = Stack::start("dlq", &fast_sim_config(""), |_| {}).await;
     let bad: Vec<(&str, &str, Vec<u8>)> = vec![
         ("bad-json", "not_json", b"{this is not json".to_vec()),
         ("bad-action", "invalid_shape", br#"{"request_id":"bad-action","inputs":[{}]}"#.to_vec()),
@@ -28,8 +28,11 @@ async fn each_invalid_record_class_is_dead_lettered_with_its_reason_and_the_stre
         "good-1".to_owned(),
         serde_json::to_vec(&search_request("good-1", 1, 1)).unwrap(),
     ));
-    let p = producer(&stack.bootstrap);
-    produce_all(&p, &stack.topics.launch, &records).await;
+    let p = producer(&stack.bootstrap).unwrap();
+    let records = records.into_iter().map(|(k, v)| (k, Some(v), None));
+    produce(&p, &stack.topics.launch_requests, records, 100)
+        .await
+        .unwrap();
 
     let mut dlq = Collector::new(&stack.bootstrap, &stack.topics.dead_letter);
     dlq.until(
@@ -53,7 +56,10 @@ async fn each_invalid_record_class_is_dead_lettered_with_its_reason_and_the_stre
             !rec.headers["captain.error.reason"].is_empty(),
             "{key}: reason given"
         );
-        assert_eq!(rec.headers["captain.source.topic"], stack.topics.launch);
+        assert_eq!(
+            rec.headers["captain.source.topic"],
+            stack.topics.launch_requests
+        );
         assert!(rec.headers["captain.source.partition"]
             .parse::<i32>()
             .is_ok());
@@ -70,7 +76,7 @@ async fn each_invalid_record_class_is_dead_lettered_with_its_reason_and_the_stre
         "the reason names the missing field: {reason}"
     );
 
-    let mut status = Collector::new(&stack.bootstrap, &stack.topics.status);
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
     status.until(
         Duration::from_secs(60),
         "REJECTED for each bad record and SUCCEEDED for the good ones",
@@ -93,7 +99,7 @@ async fn each_invalid_record_class_is_dead_lettered_with_its_reason_and_the_stre
         assert_eq!(events[0]["source"], "bridge");
         assert!(events[0]["error"]["message"].is_string());
     }
-    let metrics = stack.bridge.metrics().await;
+    let metrics = stack.metrics().await;
     assert!(
         metrics.contains(r#"captain_bridge_launch_requests_total{outcome="rejected"} 6"#),
         "{metrics}"

@@ -1,7 +1,6 @@
 //! The main loop, end to end: launch requests in, runs submitted, callbacks in, statuses and
 //! results out — async and schedule modes.
 
-use crate::support::kafka::Collector;
 use crate::*;
 use std::time::{Duration, Instant};
 
@@ -10,19 +9,19 @@ async fn every_async_request_succeeds_and_every_result_is_published_exactly_once
     const REQUESTS: usize = 20;
     const INPUTS: usize = 3;
     const RESULTS: u64 = 5;
-    let stack = Stack::start("async", &fast_sim_config(""), &[]).await;
+    let stack = Stack::start("async", &fast_sim_config(""), |_| {}).await;
     let requests: Vec<Value> = (0..REQUESTS)
         .map(|i| search_request(&format!("req-{i}"), INPUTS, RESULTS))
         .collect();
     let started = Instant::now();
     stack.produce(&requests).await;
 
-    let mut status = Collector::new(&stack.bootstrap, &stack.topics.status);
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
     status.until(Duration::from_secs(90), "every request SUCCEEDED", |r| {
         final_status_count(r, "SUCCEEDED") >= REQUESTS
     });
     let expected_results = REQUESTS * INPUTS * RESULTS as usize;
-    let mut results = Collector::new(&stack.bootstrap, &stack.topics.results);
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
     results.until(Duration::from_secs(60), "every result", |r| {
         r.len() >= expected_results
     });
@@ -84,18 +83,16 @@ async fn every_async_request_succeeds_and_every_result_is_published_exactly_once
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_above_the_per_run_input_limit_becomes_several_runs_under_one_request_id() {
-    let stack = Stack::start(
-        "chunks",
-        &fast_sim_config(""),
-        &[("CAPTAIN_BRIDGE_CAPTAIN__ASYNC_MAX_INPUTS", "2")],
-    )
+    let stack = Stack::start("chunks", &fast_sim_config(""), |s| {
+        s.captain.async_max_inputs = 2
+    })
     .await;
     stack.produce(&[search_request("big", 5, 1)]).await;
-    let mut status = Collector::new(&stack.bootstrap, &stack.topics.status);
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
     status.until(Duration::from_secs(60), "three chunks SUCCEEDED", |r| {
         final_status_count(r, "SUCCEEDED") >= 3
     });
-    let mut results = Collector::new(&stack.bootstrap, &stack.topics.results);
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
     results.until(Duration::from_secs(30), "five results", |r| r.len() >= 5);
     let events = &statuses_by_request(&status.records)["big"];
     let chunks: HashSet<u64> = events
@@ -115,13 +112,13 @@ async fn a_request_above_the_per_run_input_limit_becomes_several_runs_under_one_
 async fn schedule_firings_produce_runs_whose_callbacks_map_back_to_the_request() {
     // time_scale 60: the simulator's `* * * * *` fires every real second.
     let sim = fast_sim_config("").replace("time_scale = 1.0", "time_scale = 60.0");
-    let stack = Stack::start("schedule", &sim, &[]).await;
+    let stack = Stack::start("schedule", &sim, |_| {}).await;
     let mut request = search_request("sched-1", 1, 2);
     request["mode"] = json!("schedule");
     request["schedule"] = json!({"cron": "* * * * *", "timezone": "Europe/Paris"});
     stack.produce(&[request]).await;
 
-    let mut status = Collector::new(&stack.bootstrap, &stack.topics.status);
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
     status.until(Duration::from_secs(60), "two firings SUCCEEDED", |r| {
         final_status_count(r, "SUCCEEDED") >= 2
     });
@@ -148,7 +145,7 @@ async fn schedule_firings_produce_runs_whose_callbacks_map_back_to_the_request()
         assert_eq!(e["metadata"]["ticket"], "sched-1");
     }
     assert_transitions_in_order(events);
-    let mut results = Collector::new(&stack.bootstrap, &stack.topics.results);
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
     results.until(Duration::from_secs(30), "results of two firings", |r| {
         r.len() >= 4
     });

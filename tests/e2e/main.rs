@@ -2,8 +2,6 @@
 //! scripts/test.sh) and a real `captain-sim` process. Each test has its own topics and group.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 mod backlog;
 mod callbacks_http;
 mod cooldown;
@@ -14,10 +12,12 @@ mod outage;
 mod rate_limit;
 mod scaling;
 
+pub use captain_bridge::config::Settings;
+pub use captain_testkit::kafka::{Collector, Read};
+pub use captain_testkit::{metrics, BridgeProcess, SimProcess, Topics};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use support::kafka::{Read, Topics};
-use support::procs::{Bridge, BridgeOptions, Sim};
+use std::path::PathBuf;
 
 /// A simulator whose runs all succeed quickly: `max_results` results per input, in pages of 2.
 pub fn fast_sim_config(extra: &str) -> String {
@@ -48,16 +48,29 @@ backoff_ms = 100
     )
 }
 
+/// Where the processes' configs and logs go.
+pub fn work_dir() -> PathBuf {
+    std::env::temp_dir().join("captain-e2e")
+}
+
+/// The broker under test.
+pub fn bootstrap() -> String {
+    captain_testkit::kafka::bootstrap()
+}
+
+/// One test's world: its topics, a simulator, a bridge, on the shared broker.
 pub struct Stack {
     pub topics: Topics,
-    pub sim: Sim,
-    pub bridge: Bridge,
+    pub sim: SimProcess,
+    pub bridge: BridgeProcess,
     pub bootstrap: String,
 }
 
 impl Stack {
-    pub async fn start(test: &str, sim_toml: &str, bridge_env: &[(&str, &str)]) -> Self {
-        Self::start_on(support::kafka::bootstrap(), test, sim_toml, bridge_env).await
+    /// Topics named for `test`, a captain-sim with `sim_toml`, and a bridge whose settings
+    /// `configure` may change (typed: the harness writes them as the bridge's own Settings).
+    pub async fn start(test: &str, sim_toml: &str, configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_on(bootstrap(), test, sim_toml, configure).await
     }
 
     /// As [`Stack::start`], on the broker at `bootstrap` (a test's own broker).
@@ -65,22 +78,15 @@ impl Stack {
         bootstrap: String,
         test: &str,
         sim_toml: &str,
-        bridge_env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Settings),
     ) -> Self {
-        let topics = Topics::unique(test);
-        topics.create(&bootstrap).await;
-        let sim = Sim::start(sim_toml);
-        let bridge = Bridge::start(&BridgeOptions {
-            topics: &topics,
-            api_base: sim.api_base(),
-            bootstrap: bootstrap.clone(),
-            env: bridge_env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            extra_toml: String::new(),
-        })
-        .await;
+        let topics = Topics::unique("e2e", test);
+        let sim = SimProcess::start(&work_dir(), sim_toml).expect("captain-sim");
+        let settings = bridge_settings(&bootstrap, &topics, &sim, configure);
+        topics.create(&settings).await.expect("topics");
+        let bridge = BridgeProcess::start(&work_dir(), &settings, &[])
+            .await
+            .expect("captain-bridge");
         Self {
             topics,
             sim,
@@ -89,37 +95,59 @@ impl Stack {
         }
     }
 
-    pub async fn produce(&self, requests: &[Value]) {
-        let producer = support::kafka::producer(&self.bootstrap);
-        let records: Vec<(String, Vec<u8>)> = requests
-            .iter()
-            .map(|r| {
-                (
-                    r["request_id"].as_str().unwrap_or("no-id").to_owned(),
-                    serde_json::to_vec(r).unwrap(),
-                )
-            })
-            .collect();
-        support::kafka::produce_all(&producer, &self.topics.launch, &records).await;
+    /// Another instance of this stack's bridge (same topics and group).
+    pub async fn another_bridge(&self, configure: impl FnOnce(&mut Settings)) -> BridgeProcess {
+        let settings = bridge_settings(&self.bootstrap, &self.topics, &self.sim, configure);
+        BridgeProcess::start(&work_dir(), &settings, &[])
+            .await
+            .expect("another captain-bridge")
     }
+
+    pub async fn produce(&self, requests: &[Value]) {
+        let producer = captain_testkit::kafka::producer(&self.bootstrap).expect("producer");
+        let records = requests.iter().map(|r| {
+            (
+                r["request_id"].as_str().unwrap_or("no-id").to_owned(),
+                Some(serde_json::to_vec(r).unwrap()),
+                None,
+            )
+        });
+        captain_testkit::kafka::produce(&producer, &self.topics.launch_requests, records, 10_000)
+            .await
+            .expect("launch requests produced");
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.bridge.metrics().await.expect("bridge metrics")
+    }
+
+    pub async fn sim_stats(&self) -> Value {
+        self.sim.stats().await.expect("sim stats")
+    }
+}
+
+/// The harness's bridge settings for this test's topics and simulator, then `configure`.
+pub fn bridge_settings(
+    bootstrap: &str,
+    topics: &Topics,
+    sim: &SimProcess,
+    configure: impl FnOnce(&mut Settings),
+) -> Settings {
+    let mut settings = captain_testkit::bridge_settings(bootstrap, &sim.api_base());
+    topics.apply(&mut settings);
+    configure(&mut settings);
+    settings
 }
 
 /// The value of a gauge or counter in a Prometheus text scrape; `name` includes any labels
 /// exactly as scraped (e.g. `x{key="default"}`).
 pub fn metric(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    captain_testkit::metrics::value(metrics, name)
 }
 
 /// Launch requests a bridge has finished with, whatever the outcome.
 pub fn launches_consumed(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("captain_bridge_launch_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    captain_testkit::metrics::sum(metrics, "captain_bridge_launch_requests_total{") as u64
 }
 
 /// An async search request: `inputs` searches, `max_results` results each.

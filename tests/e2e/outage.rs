@@ -2,10 +2,10 @@
 //! callback is not durable, so it must not be acknowledged), and the redelivered callback is
 //! published once Kafka is back.
 
-use crate::support::kafka::{Collector, OwnBroker};
-use crate::support::procs::CALLBACK_KEYS;
 use crate::*;
-use captain_bridge::callbacks::{CallbackClaims, TokenKeys};
+use captain_bridge::token::{CallbackClaims, TokenKeys};
+use captain_testkit::kafka::OwnBroker;
+use captain_testkit::CALLBACK_KEYS;
 use std::time::{Duration, Instant};
 
 fn callback_body(run_uid: &str, batch_uid: &str, status: &str, name: &str) -> Value {
@@ -22,12 +22,13 @@ fn callback_body(run_uid: &str, batch_uid: &str, status: &str, name: &str) -> Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_arriving_while_kafka_is_frozen_gets_503_and_is_published_once_redelivered() {
     // Declared first, dropped last: the bridge and the simulator stop before their broker.
-    let broker = OwnBroker::start("outage");
+    let broker =
+        OwnBroker::start(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), "outage").unwrap();
     // The run stays CREATED: no callback from the simulator interferes with ours.
     let sim = fast_sim_config("").replace("queued_after_ms = 10", "queued_after_ms = 600000");
-    let stack = Stack::start_on(broker.bootstrap.clone(), "outage", &sim, &[]).await;
+    let stack = Stack::start_on(broker.bootstrap.clone(), "outage", &sim, |_| {}).await;
     stack.produce(&[search_request("outage-1", 1, 1)]).await;
-    let mut status = Collector::new(&stack.bootstrap, &stack.topics.status);
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
     status.until(Duration::from_secs(60), "the run CREATED", |r| {
         final_status_count(r, "CREATED") >= 1
     });
@@ -49,7 +50,7 @@ async fn a_callback_arriving_while_kafka_is_frozen_gets_503_and_is_published_onc
     let batch_uid = uuid::Uuid::new_v4().to_string();
     let body = callback_body(&run_uid, &batch_uid, "RUNNING", "during the outage");
 
-    broker.freeze();
+    broker.freeze().unwrap();
     let frozen = Instant::now();
     let first = http.post(&url).json(&body).send().await.expect("POST");
     let answered_in = frozen.elapsed();
@@ -59,7 +60,7 @@ async fn a_callback_arriving_while_kafka_is_frozen_gets_503_and_is_published_onc
         .get(reqwest::header::RETRY_AFTER)
         .map(|v| v.to_str().unwrap().to_owned());
     let first_text = first.text().await.unwrap_or_default();
-    broker.thaw();
+    broker.thaw().unwrap();
     let thawed = Instant::now();
     assert_eq!(
         first_status.as_u16(),
@@ -95,7 +96,7 @@ async fn a_callback_arriving_while_kafka_is_frozen_gets_503_and_is_published_onc
     let accepted_after = thawed.elapsed();
 
     let result_id = format!("{run_uid}:{batch_uid}:0");
-    let mut results = Collector::new(&stack.bootstrap, &stack.topics.results);
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
     results.until(Duration::from_secs(30), "the redelivered result", |r| {
         result_id_counts(r).contains_key(&result_id)
     });
@@ -134,7 +135,7 @@ async fn a_callback_arriving_while_kafka_is_frozen_gets_503_and_is_published_onc
     );
 
     // The bridge has recovered: ready, and a new batch is taken at once.
-    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", stack.bridge.ops_port))
+    let ready = reqwest::get(format!("http://{}/readyz", stack.bridge.ops_addr))
         .await
         .expect("readyz");
     assert!(ready.status().is_success(), "ready after the outage");

@@ -4,7 +4,7 @@
 //! stalled bridge shows up as latency instead of silently lowering the offered load.
 
 use crate::stats::Latencies;
-use captain_bridge::callbacks::{callback_url, CallbackClaims, TokenKeys};
+use captain_bridge::token::{callback_url, CallbackClaims, TokenKeys};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -21,7 +21,7 @@ pub struct BacklogOpts {
 }
 
 pub async fn run(ctx: &mut Ctx, o: &BacklogOpts) -> anyhow::Result<()> {
-    let launch = Topics::unique("backlog").launch;
+    let launch = Topics::unique("bench", "backlog").launch_requests.clone();
     kafka::create_topic(&ctx.bootstrap, &launch, PARTITIONS).await?;
     let producer = kafka::producer(&ctx.bootstrap)?;
     let t = Instant::now();
@@ -54,16 +54,14 @@ pub async fn run(ctx: &mut Ctx, o: &BacklogOpts) -> anyhow::Result<()> {
 }
 
 async fn one_repeat(ctx: &Ctx, sim: &Sim, launch: &str) -> anyhow::Result<RunFigures> {
-    let mut topics = Topics::unique("backlog");
-    topics.launch = launch.to_owned();
-    kafka::create_topics(&ctx.bootstrap, &topics, PARTITIONS).await?;
-    let spec = ctx.bridge_spec(topics, sim.api_base());
-    let bridge = procs::Bridge::start(&ctx.work, &spec).await?;
-    let pids = vec![bridge.pid()];
+    let mut topics = Topics::unique("bench", "backlog");
+    topics.names.launch_requests = launch.to_owned();
+    let settings = ctx.bridge_settings(&topics, &sim.api_base());
+    topics.create(&settings).await?;
+    let bridge = procs::Bridge::start(&ctx.work, &settings, &[]).await?;
+    let pids = procs::pids(std::slice::from_ref(&bridge));
     let probe = CpuProbe::start(ctx, &pids, &[]);
-    let submitted_before = bridge
-        .metric(&ctx.http, "captain_bridge_launch_requests_total")
-        .await?;
+    let submitted_before = procs::metric(&bridge, "captain_bridge_launch_requests_total").await?;
     // The first `warmup` lets the consumer fill its buffers; RSS is then sampled each 250 ms.
     tokio::time::sleep(ctx.timing.warmup).await;
     let mut samples = Vec::new();
@@ -72,10 +70,8 @@ async fn one_repeat(ctx: &Ctx, sim: &Sim, launch: &str) -> anyhow::Result<RunFig
         samples.push(sample::rss_mib(&pids).0);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let done = bridge
-        .metric(&ctx.http, "captain_bridge_launch_requests_total")
-        .await?
-        - submitted_before;
+    let done =
+        procs::metric(&bridge, "captain_bridge_launch_requests_total").await? - submitted_before;
     let mut f = RunFigures::default();
     probe.finish(&mut f);
     samples.sort_by(f64::total_cmp);

@@ -9,7 +9,7 @@ use crate::load::{CallbackLoad, Pace};
 use crate::procs::{self, Bridge, Topics};
 use crate::summary::{RunFigures, ScenarioResult};
 use anyhow::Context;
-use captain_bridge::callbacks::TokenKeys;
+use captain_bridge::token::TokenKeys;
 use rdkafka::producer::FutureProducer;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -51,12 +51,10 @@ struct Rig {
 
 impl Rig {
     async fn start(ctx: &Ctx, instances: usize) -> anyhow::Result<Self> {
-        let topics = Topics::unique("intake");
-        kafka::create_topics(&ctx.bootstrap, &topics, PARTITIONS).await?;
         // No API call happens on this path: the API address is never dialled.
-        let spec = ctx.bridge_spec(topics.clone(), "http://127.0.0.1:9/v4".into());
+        let (topics, settings) = ctx.fresh_topics("intake", "http://127.0.0.1:9/v4").await?;
         Ok(Self {
-            bridges: procs::start_bridges(&ctx.work, &spec, instances).await?,
+            bridges: procs::start_bridges(&ctx.work, &settings, instances).await?,
             topics,
             keys: TokenKeys::from_config(procs::CALLBACK_KEYS, procs::SIGNING_KID)
                 .context("bench callback keys")?,
@@ -129,7 +127,7 @@ async fn one_repeat(
         results,
         o.result_bytes,
     ));
-    let in_topic_before = kafka::records_in(&ctx.bootstrap, &rig.topics.results)?;
+    let in_topic_before = kafka::records_in(&ctx.bootstrap, &rig.topics.run_results)?;
     let warm = load
         .run(&ctx.http, pace, Duration::ZERO, ctx.timing.warmup)
         .await;
@@ -153,7 +151,7 @@ async fn one_repeat(
     // Every acknowledged record must be in the topic (more only if a 503'd callback landed).
     let acked = (warm.ok + m.ok) as f64 * results as f64;
     let in_topic =
-        (kafka::records_in(&ctx.bootstrap, &rig.topics.results)? - in_topic_before) as f64;
+        (kafka::records_in(&ctx.bootstrap, &rig.topics.run_results)? - in_topic_before) as f64;
     f.put(
         "topic_records_per_acked",
         "ratio",

@@ -4,9 +4,9 @@
 //! end-to-end latency from each request's produce time (carried in its metadata) to the Kafka
 //! timestamp of its SUCCEEDED event.
 
-use super::{CpuProbe, Ctx, PARTITIONS};
+use super::{CpuProbe, Ctx};
 use crate::kafka;
-use crate::procs::{self, Sim, Topics};
+use crate::procs::{self, Sim};
 use crate::stats::Latencies;
 use crate::summary::{RunFigures, ScenarioResult};
 use anyhow::bail;
@@ -171,18 +171,20 @@ async fn one_repeat(
     how: Feed,
     n: usize,
 ) -> anyhow::Result<(RunFigures, Story)> {
-    let topics = Topics::unique("launch");
-    kafka::create_topics(&ctx.bootstrap, &topics, PARTITIONS).await?;
     let sim = Sim::start(&ctx.work, &fast_sim_toml(""))?;
-    let spec = ctx.bridge_spec(topics.clone(), sim.api_base());
-    let bridges = procs::start_bridges(&ctx.work, &spec, instances).await?;
-    let reader = kafka::reader(&ctx.bootstrap, &topics.status)?;
+    let (topics, settings) = ctx.fresh_topics("launch", &sim.api_base()).await?;
+    let bridges = procs::start_bridges(&ctx.work, &settings, instances).await?;
+    let reader = kafka::reader(&ctx.bootstrap, &topics.run_status)?;
     let producer = kafka::producer(&ctx.bootstrap)?;
-    let probe = CpuProbe::start(ctx, &procs::pids(&bridges), &[("sim", sim.pid())]);
+    let probe = CpuProbe::start(
+        ctx,
+        &procs::pids(&bridges),
+        &[("sim", sim.pid().to_string())],
+    );
     let t_start = chrono::Utc::now().timestamp_millis();
     let prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let (fed, story) = tokio::join!(
-        feed(&producer, &topics.launch, &prefix, n, how),
+        feed(&producer, &topics.launch_requests, &prefix, n, how),
         read_story(&reader, n, Duration::from_secs(600))
     );
     fed?;

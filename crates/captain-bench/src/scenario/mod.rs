@@ -7,9 +7,10 @@ pub mod intake;
 pub mod launch;
 pub mod rate;
 
-use crate::procs::{BridgeSpec, Topics};
+use crate::procs::Topics;
 use crate::sample;
 use crate::summary::{RunFigures, Summary};
+use captain_bridge::config::Settings;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,17 +42,36 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// A bridge spec on fresh topics, with an effectively unlimited rate limiter.
-    pub fn bridge_spec(&self, topics: Topics, api_base: String) -> BridgeSpec {
-        BridgeSpec {
-            bootstrap: self.bootstrap.clone(),
-            topics,
-            api_base,
-            partitions: PARTITIONS as u32,
-            rate_limit: unlimited_rate(),
-            max_in_flight: self.max_in_flight,
-            kafka_properties: self.bridge_properties.clone(),
-        }
+    /// A bridge's settings on `topics`, with an effectively unlimited rate limiter (the API
+    /// is the simulator, unlimited) and quiet logs.
+    pub fn bridge_settings(&self, topics: &Topics, api_base: &str) -> Settings {
+        let mut s = captain_testkit::bridge_settings(&self.bootstrap, api_base);
+        topics.apply(&mut s);
+        s.kafka.partitions = PARTITIONS;
+        s.captain.max_backoff = Duration::from_secs(1);
+        s.captain.rate_limit.rate_per_sec = 100_000.0;
+        s.captain.rate_limit.ceiling_per_sec = 100_000.0;
+        s.captain.rate_limit.burst = 10_000;
+        s.callbacks.ack_timeout = Settings::default().callbacks.ack_timeout;
+        s.launch.max_in_flight = self.max_in_flight;
+        s.kafka
+            .properties
+            .extend(self.bridge_properties.iter().cloned());
+        s.log.format = "json".into();
+        s.log.level = "warn".into();
+        s
+    }
+
+    /// Fresh topics named for `name`, created with `settings`' specs, and the settings on them.
+    pub async fn fresh_topics(
+        &self,
+        name: &str,
+        api_base: &str,
+    ) -> anyhow::Result<(Topics, Settings)> {
+        let topics = Topics::unique("bench", name);
+        let settings = self.bridge_settings(&topics, api_base);
+        topics.create(&settings).await?;
+        Ok((topics, settings))
     }
 
     /// Pids whose CPU is reported besides the bridge's: the bench itself and the broker.
@@ -62,11 +82,6 @@ impl Ctx {
         }
         v
     }
-}
-
-/// `[captain.rate_limit]` that never throttles (the API is the simulator, unlimited).
-pub fn unlimited_rate() -> String {
-    "rate_per_sec = 100000.0\nceiling_per_sec = 100000.0\nburst = 10000".to_owned()
 }
 
 /// CPU windows over the bridge and the side processes of one measurement.

@@ -4,9 +4,9 @@
 //! counters are sampled every 250 ms, so the steady state (the second half of the drain) is
 //! reported apart from the whole run, which includes the limiter's learning phase.
 
-use super::{CpuProbe, Ctx, PARTITIONS};
+use super::{CpuProbe, Ctx};
 use crate::kafka;
-use crate::procs::{self, Sim, Topics};
+use crate::procs::{self, Sim};
 use crate::summary::{RunFigures, ScenarioResult};
 use anyhow::bail;
 use serde_json::Value;
@@ -89,8 +89,6 @@ async fn one_repeat(
     factor: f64,
 ) -> anyhow::Result<RunFigures> {
     let n = requests(ctx, limit);
-    let topics = Topics::unique("rate");
-    kafka::create_topics(&ctx.bootstrap, &topics, PARTITIONS).await?;
     let sim = Sim::start(
         &ctx.work,
         &super::launch::fast_sim_toml(&format!(
@@ -98,6 +96,7 @@ async fn one_repeat(
             limit.ceil().max(1.0)
         )),
     )?;
+    let (topics, mut settings) = ctx.fresh_topics("rate", &sim.api_base()).await?;
     let producer = kafka::producer(&ctx.bootstrap)?;
     let prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let records = (0..n).map(|i| {
@@ -105,17 +104,15 @@ async fn one_repeat(
         let v = super::launch::request(&id, 1);
         (id, Some(v), None)
     });
-    kafka::produce(&producer, &topics.launch, records, 10_000).await?;
+    kafka::produce(&producer, &topics.launch_requests, records, 10_000).await?;
     let bridge_rate = limit * factor;
-    let mut spec = ctx.bridge_spec(topics, sim.api_base());
-    spec.rate_limit = format!(
-        "rate_per_sec = {bridge_rate:.3}\nceiling_per_sec = {bridge_rate:.3}\nburst = {}",
-        (bridge_rate * o.bridge_burst_secs).ceil().max(1.0)
-    );
+    settings.captain.rate_limit.rate_per_sec = bridge_rate;
+    settings.captain.rate_limit.ceiling_per_sec = bridge_rate;
+    settings.captain.rate_limit.burst = (bridge_rate * o.bridge_burst_secs).ceil().max(1.0) as u32;
     let started = Instant::now();
-    let bridge = procs::Bridge::start(&ctx.work, &spec).await?;
-    let probe = CpuProbe::start(ctx, &[bridge.pid()], &[]);
-    let series = sample_until_done(ctx, &sim, n, started, limit).await?;
+    let bridge = procs::Bridge::start(&ctx.work, &settings, &[]).await?;
+    let probe = CpuProbe::start(ctx, &procs::pids(std::slice::from_ref(&bridge)), &[]);
+    let series = sample_until_done(&sim, n, started, limit).await?;
     let mut f = RunFigures::default();
     probe.finish(&mut f);
     figures(&mut f, &series, n, limit);
@@ -124,7 +121,6 @@ async fn one_repeat(
 
 /// Samples the sim's counters until `n` submissions were accepted (or far past the ideal).
 async fn sample_until_done(
-    ctx: &Ctx,
     sim: &Sim,
     n: usize,
     started: Instant,
@@ -133,7 +129,7 @@ async fn sample_until_done(
     let give_up = Duration::from_secs_f64(n as f64 / limit * 4.0 + 60.0);
     let mut series = Vec::new();
     loop {
-        let (accepted, throttled) = counters(&sim.stats(&ctx.http).await?);
+        let (accepted, throttled) = counters(&sim.stats().await?);
         series.push(Tick {
             at: started.elapsed().as_secs_f64(),
             accepted,
