@@ -1,18 +1,19 @@
 //! Wiring: builds every part from the settings, binds the listeners (so callers learn the real
-//! ports), runs the launch consumer, the callback server and the ops server until the shutdown
-//! token is cancelled or one of them fails, then stops them in order: stop consuming, drain
-//! in-flight launches within the deadline, stop accepting callbacks, flush the producer.
+//! ports), runs the launch router, the partition owner, the callback server and the ops
+//! server until the shutdown token is cancelled or one of them fails, then stops them in
+//! order: stop consuming (the owner drains its submissions in flight within the deadline and
+//! commits), stop accepting callbacks, flush the producer.
 
 use crate::callbacks::{self, CallbackState, Readiness};
 use crate::captain::{AdaptiveLimiter, CaptainClient, ClientConfig, RetryPolicy};
-use crate::config::Settings;
-use crate::domain::RunState;
-use crate::ingest::CallbackProcessor;
-use crate::kafka::{self, LaunchConsumer, RecordProducer, StateView};
-use crate::launch::{LaunchProcessor, SubmitSettings};
-use crate::locks::RequestLocks;
+use crate::config::{Settings, RECORD_HEADROOM};
+use crate::intake::CallbackIntake;
+use crate::kafka::{self, ClusterAccess, PauseControl, ProducerConfig, RecordProducer};
 use crate::metrics::Metrics;
+use crate::owner::jobs::{SubmitSettings, Submitter};
+use crate::owner::{OwnerConfig, PartitionOwner};
 use crate::publish::RecordBuilder;
+use crate::router::{LaunchRouter, RouterConfig};
 use crate::telemetry::ErrorChain;
 use crate::token::TokenKeys;
 use anyhow::Context;
@@ -32,14 +33,11 @@ pub struct Application {
     callback_listener: TcpListener,
     ops_listener: TcpListener,
     producer: Arc<RecordProducer>,
-    consumer: LaunchConsumer,
-    launch: Arc<LaunchProcessor>,
+    router: LaunchRouter,
+    owner: PartitionOwner,
+    pause: Arc<PauseControl>,
     callback_state: CallbackState,
-    /// Cancelled when the drain deadline passes: in-flight launches give up (and are redone).
-    abort: CancellationToken,
     limiter: Arc<AdaptiveLimiter>,
-    state: Arc<StateView<RunState>>,
-    state_stop: CancellationToken,
 }
 
 impl Application {
@@ -61,25 +59,21 @@ impl Application {
             .await
             .with_context(|| format!("ops.listen: cannot bind {}", settings.ops.listen))?;
 
+        let access = cluster_access(&settings);
         let k = &settings.kafka;
         if k.create_topics {
-            kafka::ensure_topics(
-                &k.bootstrap_servers,
-                &topic_specs(&settings),
-                Duration::from_secs(30),
-            )
-            .await
-            .context("creating topics")?;
-        }
-        let producer = Arc::new(
-            RecordProducer::new(&producer_config(&settings), metrics.clone())
-                .context("creating the Kafka producer")?,
-        );
-        let state_stop = CancellationToken::new();
-        let state = Arc::new(
-            StateView::<RunState>::start(state_config(&settings), state_stop.clone())
+            kafka::ensure_topics(&access, &topic_specs(&settings), Duration::from_secs(30))
                 .await
-                .context("loading the run state topic")?,
+                .context("creating topics")?;
+        }
+        let partitions = co_partitioned(&settings, &access).await?;
+        let dead_letter_max = topic_limit(&access, &k.topics.dead_letter).await;
+        let records = RecordBuilder::new(k.topics.clone(), partitions)
+            .with_dead_letter_limit(dead_letter_max);
+        let producer_config = producer_config(&settings);
+        let producer = Arc::new(
+            RecordProducer::new(&producer_config, metrics.clone())
+                .context("creating the Kafka producer")?,
         );
         // One limiter for the API key, shared by every call of this instance (retries too).
         let limiter = Arc::new(
@@ -91,18 +85,9 @@ impl Application {
                 .context("creating the Captain Data client")?
                 .with_gate(limiter.clone()),
         );
-        let locks = Arc::new(RequestLocks::default());
-        let records = RecordBuilder::new(settings.kafka.topics.clone());
-        let abort = CancellationToken::new();
-
-        let launch = Arc::new(LaunchProcessor {
-            records: records.clone(),
-            producer: producer.clone(),
-            state: state.clone(),
+        let submitter = Arc::new(Submitter {
             client,
             keys: keys.clone(),
-            locks: locks.clone(),
-            metrics: metrics.clone(),
             settings: SubmitSettings {
                 public_base_url: public_base_url(&settings, callback_listener.local_addr()?),
                 header_secret: header_secret
@@ -110,30 +95,67 @@ impl Application {
                     .map(|(name, secret)| (name.to_string(), secret.clone())),
                 async_max_inputs: settings.captain.async_max_inputs,
                 schedule_max_inputs: settings.captain.schedule_max_inputs,
-                delivery_timeout: settings.kafka.delivery_timeout,
             },
-            shutdown: abort.clone(),
         });
-        let sink = Arc::new(CallbackProcessor {
-            records,
-            producer: producer.clone(),
-            state: state.clone(),
-            locks,
-            metrics: metrics.clone(),
-            ack_timeout: settings.callbacks.ack_timeout,
-            dedupe_window: settings.callbacks.dedupe_window,
-            submit_wait: settings.callbacks.submit_wait,
-        });
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let router = LaunchRouter::new(
+            RouterConfig {
+                bootstrap: k.bootstrap_servers.clone(),
+                group_id: k.group_id.clone(),
+                launch_topic: k.topics.launch_requests.clone(),
+                commit_interval: settings.processing.commit_interval,
+                max_request_bytes: k.max_record_bytes,
+                producer: producer_config.clone(),
+                transactional_id: format!("{}-router-{instance}", k.group_id),
+                transaction_timeout: k.transaction_timeout,
+                consumer_properties: consumer_properties(&settings),
+            },
+            records.clone(),
+            metrics.clone(),
+        )
+        .context("creating the launch router")?;
+        let pause = Arc::new(PauseControl::default());
+        let owner = PartitionOwner::new(
+            OwnerConfig {
+                bootstrap: k.bootstrap_servers.clone(),
+                group_id: owner_group(&settings),
+                requests_topic: k.topics.requests.clone(),
+                callbacks_topic: k.topics.callbacks.clone(),
+                runs_topic: k.topics.runs.clone(),
+                commit_interval: settings.processing.commit_interval,
+                max_in_flight: settings.launch.max_in_flight,
+                dedupe_window: settings.callbacks.dedupe_window,
+                revoke_drain: settings.processing.revoke_drain,
+                drain_timeout: settings.shutdown.drain_timeout,
+                restore_timeout: settings.processing.restore_timeout,
+                transaction_timeout: k.transaction_timeout,
+                producer: producer_config,
+                consumer_properties: consumer_properties(&settings),
+                transactional_id: format!("{}-owner-{instance}", k.group_id),
+            },
+            records.clone(),
+            submitter,
+            producer.clone(),
+            pause.clone(),
+            metrics.clone(),
+        )
+        .context("creating the partition owner")?;
         let callback_state = CallbackState {
             keys,
-            sink,
+            sink: Arc::new(CallbackIntake {
+                records,
+                producer: producer.clone(),
+                ack_timeout: settings.callbacks.ack_timeout,
+                retry_after: settings.callbacks.retry_after,
+            }),
             max_body_bytes: settings.callbacks.max_body_bytes,
+            max_results: settings.callbacks.max_results,
             header_secret,
             metrics: metrics.clone(),
         };
-        let consumer = LaunchConsumer::new(consumer_config(&settings), metrics.clone())
-            .context("creating the launch consumer")?;
-
+        if settings.callbacks.submit_wait.is_some() {
+            tracing::warn!("callbacks.submit_wait is ignored: callbacks now wait in their partition's owner for the submission answer");
+        }
         Ok(Self {
             settings,
             metrics,
@@ -141,13 +163,11 @@ impl Application {
             callback_listener,
             ops_listener,
             producer,
-            consumer,
-            launch,
+            router,
+            owner,
+            pause,
             callback_state,
-            abort,
             limiter,
-            state,
-            state_stop,
         })
     }
 
@@ -170,13 +190,11 @@ impl Application {
             callback_listener,
             ops_listener,
             producer,
-            consumer,
-            launch,
+            router,
+            owner,
+            pause,
             callback_state,
-            abort,
             limiter,
-            state,
-            state_stop,
         } = self;
 
         let ops_stop = CancellationToken::new();
@@ -195,11 +213,12 @@ impl Application {
         tokio::spawn(pause_during_cooldowns(
             limiter,
             metrics.launch_paused_for_cooldown.clone(),
-            consumer.pause_control(),
+            pause,
             settings.captain.rate_limit.pause_consumer_after,
             consume_stop.clone(),
         ));
-        let mut consuming = tokio::spawn(consumer.run(launch, consume_stop.clone()));
+        let mut routing = tokio::spawn(router.run(consume_stop.clone()));
+        let mut owning = tokio::spawn(owner.run(consume_stop.clone()));
         readiness.set_ready(true);
         tracing::info!(
             callbacks = %settings.callbacks.listen,
@@ -213,33 +232,34 @@ impl Application {
         let mut failure: Option<anyhow::Error> = None;
         tokio::select! {
             () = stop.cancelled() => {}
-            r = &mut consuming => failure = Some(ended("launch consumer", r.map(|r| r.map_err(anyhow::Error::from)))),
+            r = &mut routing => failure = Some(ended("launch router", r.map(|r| r.map_err(anyhow::Error::from)))),
+            r = &mut owning => failure = Some(ended("partition owner", r.map(|r| r.map_err(anyhow::Error::from)))),
             r = &mut callback_server => failure = Some(ended("callback server", r.map(|r| r.map_err(anyhow::Error::from)))),
         }
         readiness.set_ready(false);
-        tracing::info!("shutting down: stop consuming, drain in-flight launches");
-
+        tracing::info!("shutting down: stop consuming, drain submissions in flight, commit");
         consume_stop.cancel();
-        let drain = settings.shutdown.drain_timeout;
-        if !consuming.is_finished() {
-            // The consumer drains within `drain`; past it, in-flight launches are abandoned
-            // (their offsets are not stored, so they are redone after restart).
-            let abort_later = abort.clone();
-            let abort_timer = tokio::spawn(async move {
-                tokio::time::sleep(drain).await;
-                abort_later.cancel();
-            });
-            match tokio::time::timeout(drain + Duration::from_secs(5), &mut consuming).await {
+        // The owner waits up to drain_timeout for its submissions, then commits and leaves.
+        let deadline = settings.shutdown.drain_timeout + Duration::from_secs(15);
+        let owner_done = tokio::time::timeout(deadline, &mut owning)
+            .await
+            .map(|r| r.map(|r| r.map_err(anyhow::Error::from)));
+        let router_done = tokio::time::timeout(deadline, &mut routing)
+            .await
+            .map(|r| r.map(|r| r.map_err(anyhow::Error::from)));
+        for (what, done) in [
+            ("partition owner", owner_done),
+            ("launch router", router_done),
+        ] {
+            match done {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => {
-                    tracing::error!(error = %ErrorChain(&e), "launch consumer ended with an error")
+                    tracing::error!(error = format!("{e:#}"), what, "ended with an error")
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "launch consumer task failed"),
-                Err(_) => tracing::error!("launch consumer did not stop in time"),
+                Ok(Err(e)) => tracing::error!(error = %e, what, "task failed"),
+                Err(_) => tracing::error!(what, "did not stop in time"),
             }
-            abort_timer.abort();
         }
-        abort.cancel();
 
         tracing::info!("stopping the callback server");
         callbacks_stop.cancel();
@@ -254,8 +274,6 @@ impl Application {
         if let Ok(Err(e)) = flushed {
             tracing::error!(error = %e, "producer flush failed");
         }
-        state_stop.cancel();
-        state.stopped().await;
         ops_stop.cancel();
         let _ = ops.await;
         drop(metrics);
@@ -268,12 +286,12 @@ impl Application {
 }
 
 /// Pauses the launch partitions while the API key cools down for longer than `threshold`:
-/// records stay in Kafka instead of piling up in memory as waiting submissions, and the
+/// requests stay in Kafka instead of piling up in memory as waiting submissions, and the
 /// consumer keeps polling so it stays in its group however long the cooldown.
 async fn pause_during_cooldowns(
     limiter: Arc<AdaptiveLimiter>,
     paused_gauge: prometheus::IntGauge,
-    pause: Arc<kafka::PauseControl>,
+    pause: Arc<PauseControl>,
     threshold: Duration,
     stop: CancellationToken,
 ) {
@@ -363,7 +381,13 @@ fn client_config(settings: &Settings) -> anyhow::Result<ClientConfig> {
     })
 }
 
-/// The topics the bridge creates (when `kafka.create_topics`) and checks at start-up.
+/// The owners' consumer group: its own, beside the launch topic's (`kafka.group_id`).
+pub fn owner_group(settings: &Settings) -> String {
+    format!("{}-owners", settings.kafka.group_id)
+}
+
+/// The topics the bridge creates (when `kafka.create_topics`) and checks at start-up. The
+/// internal ones (requests, callbacks, run state) take records up to `kafka.max_record_bytes`.
 pub fn topic_specs(settings: &Settings) -> Vec<kafka::TopicSpec> {
     let k = &settings.kafka;
     let t = &k.topics;
@@ -373,24 +397,89 @@ pub fn topic_specs(settings: &Settings) -> Vec<kafka::TopicSpec> {
         replication: k.replication_factor,
         config: Vec::new(),
     };
+    let internal = |name: &str, extra: &[(&str, &str)]| {
+        let mut config = vec![(
+            "max.message.bytes".to_owned(),
+            k.max_record_bytes.to_string(),
+        )];
+        config.extend(
+            extra
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned())),
+        );
+        kafka::TopicSpec {
+            config,
+            ..plain(name)
+        }
+    };
     vec![
         plain(&t.launch_requests),
         plain(&t.run_status),
         plain(&t.run_results),
         plain(&t.dead_letter),
         plain(&t.control),
-        kafka::TopicSpec {
-            config: vec![("cleanup.policy".into(), "compact".into())],
-            ..plain(&t.runs)
-        },
+        internal(&t.runs, &[("cleanup.policy", "compact")]),
+        internal(&t.callbacks, &[]),
+        internal(&t.requests, &[]),
     ]
 }
 
-fn producer_config(settings: &Settings) -> kafka::ProducerConfig {
+/// The partition count the internal topics share; refuses to start when they differ, since
+/// an owner could then not find a request's state where its events are.
+async fn co_partitioned(settings: &Settings, access: &ClusterAccess) -> anyhow::Result<i32> {
+    let t = &settings.kafka.topics;
+    let mut counts = Vec::new();
+    for (key, topic) in [
+        ("kafka.topics.runs", &t.runs),
+        ("kafka.topics.callbacks", &t.callbacks),
+        ("kafka.topics.requests", &t.requests),
+    ] {
+        let n = kafka::partition_count(access, topic, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("{key}: topic {topic} is not readable"))?;
+        counts.push((key, topic.clone(), n));
+    }
+    let first = counts[0].2;
+    if let Some((key, topic, n)) = counts.iter().find(|(_, _, n)| *n != first) {
+        anyhow::bail!(
+            "{key}: topic {topic} has {n} partitions but {} has {first}: the run-state, callbacks \
+             and requests topics must have the same partition count (they are co-partitioned by \
+             request_id)",
+            counts[0].1
+        );
+    }
+    Ok(first)
+}
+
+/// A topic's `max.message.bytes`, or Kafka's default when it cannot be read.
+async fn topic_limit(access: &ClusterAccess, topic: &str) -> usize {
+    match kafka::admin::topic_config(access, topic, "max.message.bytes", Duration::from_secs(30))
+        .await
+    {
+        Ok(Some(v)) => v.parse().unwrap_or(1_048_588),
+        Ok(None) => 1_048_588,
+        Err(e) => {
+            tracing::warn!(topic, error = %ErrorChain(&e), "cannot read max.message.bytes; assuming Kafka's default");
+            1_048_588
+        }
+    }
+}
+
+fn cluster_access(settings: &Settings) -> ClusterAccess {
+    ClusterAccess {
+        bootstrap: settings.kafka.bootstrap_servers.clone(),
+        properties: with_client_id(&settings.kafka),
+    }
+}
+
+fn producer_config(settings: &Settings) -> ProducerConfig {
     let k = &settings.kafka;
-    kafka::ProducerConfig {
+    ProducerConfig {
         bootstrap: k.bootstrap_servers.clone(),
         delivery_timeout: k.delivery_timeout,
+        max_record_bytes: k
+            .max_record_bytes
+            .max(settings.callbacks.max_body_bytes + RECORD_HEADROOM),
         properties: with_client_id(k),
     }
 }
@@ -403,30 +492,11 @@ fn with_client_id(k: &crate::config::KafkaSettings) -> std::collections::BTreeMa
     p
 }
 
-fn state_config(settings: &Settings) -> kafka::StateConfig {
+/// The consumers' properties: the user's, and the group session timeout unless they set one.
+fn consumer_properties(settings: &Settings) -> std::collections::BTreeMap<String, String> {
     let k = &settings.kafka;
-    kafka::StateConfig {
-        bootstrap: k.bootstrap_servers.clone(),
-        topic: k.topics.runs.clone(),
-        properties: with_client_id(k),
-        ..Default::default()
-    }
-}
-
-fn consumer_config(settings: &Settings) -> kafka::ConsumerConfig {
-    let k = &settings.kafka;
-    kafka::ConsumerConfig {
-        bootstrap: k.bootstrap_servers.clone(),
-        group_id: k.group_id.clone(),
-        topic: k.topics.launch_requests.clone(),
-        max_in_flight: settings.launch.max_in_flight,
-        drain_timeout: settings.shutdown.drain_timeout,
-        properties: {
-            let mut p = with_client_id(k);
-            p.entry("session.timeout.ms".into())
-                .or_insert_with(|| k.session_timeout.as_millis().to_string());
-            p
-        },
-        ..Default::default()
-    }
+    let mut p = with_client_id(k);
+    p.entry("session.timeout.ms".into())
+        .or_insert_with(|| k.session_timeout.as_millis().to_string());
+    p
 }

@@ -39,6 +39,9 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Room for headers and framing around a callback body in its intake record.
+pub const RECORD_HEADROOM: usize = 64 * 1024;
+
 /// Everything the bridge is configured with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,6 +51,7 @@ pub struct Settings {
     pub callbacks: CallbackSettings,
     pub ops: OpsSettings,
     pub launch: LaunchSettings,
+    pub processing: ProcessingSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
     /// Secrets, read from the environment or files, never from the config file itself.
@@ -76,6 +80,13 @@ pub struct KafkaSettings {
     /// others (librdkafka's 45 s default stalls launches that long after a `kill -9`).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// `transaction.timeout.ms`: how long a transaction may stay open. After a crash, the new
+    /// owner of a partition waits at most this long for the dead instance's open transaction.
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+    /// Largest record the bridge writes to (and creates) its internal topics: a callback body
+    /// or a launch request. Internal topics get it as `max.message.bytes`.
+    pub max_record_bytes: usize,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`).
     pub properties: BTreeMap<String, String>,
 }
@@ -92,6 +103,8 @@ impl Default for KafkaSettings {
             replication_factor: 1,
             delivery_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
+            transaction_timeout: Duration::from_secs(15),
+            max_record_bytes: 10 * 1024 * 1024,
             properties: BTreeMap::new(),
         }
     }
@@ -104,8 +117,14 @@ pub struct TopicSettings {
     pub run_status: String,
     pub run_results: String,
     pub dead_letter: String,
+    /// Compacted run state, keyed by request_id (internal).
     pub runs: String,
     pub control: String,
+    /// Received callbacks, the durable intake log (internal).
+    pub callbacks: String,
+    /// Validated launch requests keyed by request_id (internal): the launch topic may be
+    /// keyed otherwise, and each request must reach the owner of its state.
+    pub requests: String,
 }
 
 impl Default for TopicSettings {
@@ -117,6 +136,8 @@ impl Default for TopicSettings {
             dead_letter: "captain.dead-letter".into(),
             runs: "captain.runs".into(),
             control: "captain.control".into(),
+            callbacks: "captain.callbacks".into(),
+            requests: "captain.requests".into(),
         }
     }
 }
@@ -183,15 +204,25 @@ pub struct CallbackSettings {
     pub header_name: String,
     /// Bodies above this are refused with 413 before being buffered.
     pub max_body_bytes: usize,
+    /// Most result items one callback may carry (each becomes a record); beyond it, 413.
+    pub max_results: usize,
     /// How long a callback waits for Kafka's acknowledgement before answering 503.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// `Retry-After` of a 503 (Kafka could not take the callback in time).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
     /// Batches remembered per run for duplicate detection.
     pub dedupe_window: usize,
-    /// How long a callback that overtook its submit answer waits for the launch path to record
-    /// the submission, so that CREATED is published before the callback's status.
-    #[serde(with = "humantime_serde")]
-    pub submit_wait: Duration,
+    /// Ignored, kept so that configurations written for earlier versions still load: a
+    /// callback that overtakes its submit answer now waits in its partition's owner, which
+    /// applies the answer first.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub submit_wait: Option<Duration>,
 }
 
 impl Default for CallbackSettings {
@@ -204,9 +235,11 @@ impl Default for CallbackSettings {
             header_secret_file: None,
             header_name: "x-captain-bridge-secret".into(),
             max_body_bytes: 8 * 1024 * 1024,
+            max_results: 10_000,
             ack_timeout: Duration::from_secs(10),
+            retry_after: Duration::from_secs(5),
             dedupe_window: 512,
-            submit_wait: Duration::from_secs(2),
+            submit_wait: None,
         }
     }
 }
@@ -236,6 +269,34 @@ pub struct LaunchSettings {
 impl Default for LaunchSettings {
     fn default() -> Self {
         Self { max_in_flight: 64 }
+    }
+}
+
+/// `[processing]`: the partition owners (and the launch router).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessingSettings {
+    /// How often the open transaction is committed: what a `read_committed` consumer waits
+    /// for at most, beyond the processing itself. Shorter costs the broker more commits.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// On a rebalance, how long the submissions in flight of the partitions leaving may take
+    /// to answer (their outcome is committed before the partitions go; past it, the new
+    /// owner submits them again).
+    #[serde(with = "humantime_serde")]
+    pub revoke_drain: Duration,
+    /// Bound on restoring the run state of newly owned partitions (then retried).
+    #[serde(with = "humantime_serde")]
+    pub restore_timeout: Duration,
+}
+
+impl Default for ProcessingSettings {
+    fn default() -> Self {
+        Self {
+            commit_interval: Duration::from_millis(50),
+            revoke_drain: Duration::from_secs(5),
+            restore_timeout: Duration::from_secs(120),
+        }
     }
 }
 
@@ -343,18 +404,20 @@ impl Settings {
             let Some(key) = override_key(name) else {
                 continue;
             };
-            // Parsed as figment's own environment provider would (numbers, booleans, arrays),
-            // so "7" fills a usize and "10s" a duration.
-            let value =
-                figment::value::Value::from_str(value).unwrap_or_else(|never| match never {});
             figment = match key.strip_prefix("kafka.properties.") {
                 // librdkafka names hold dots: `..._PROPERTIES__SECURITY__PROTOCOL` is one
-                // key, `security.protocol`, not a nested table.
+                // key, `security.protocol`, not a nested table; its value stays text ("5000").
                 Some(property) => {
-                    let entry = BTreeMap::from([(property.to_owned(), value)]);
+                    let entry = BTreeMap::from([(property.to_owned(), value.clone())]);
                     figment.merge(Serialized::default("kafka.properties", entry))
                 }
-                None => figment.merge(Serialized::default(&key, value)),
+                // Parsed as figment's own environment provider would (numbers, booleans,
+                // arrays), so "7" fills a usize and "10s" a duration.
+                None => {
+                    let value = figment::value::Value::from_str(value)
+                        .unwrap_or_else(|never| match never {});
+                    figment.merge(Serialized::default(&key, value))
+                }
             };
         }
         let mut settings: Settings = figment.extract().map_err(|e| {
@@ -406,6 +469,8 @@ impl Settings {
             ("kafka.topics.dead_letter", &t.dead_letter),
             ("kafka.topics.runs", &t.runs),
             ("kafka.topics.control", &t.control),
+            ("kafka.topics.callbacks", &t.callbacks),
+            ("kafka.topics.requests", &t.requests),
         ] {
             if !valid_topic(name) {
                 return Err(invalid(
@@ -453,6 +518,35 @@ impl Settings {
             .map_err(|e| invalid(&format!("captain.rate_limit.{}", e.field), e.reason))?;
         if self.callbacks.max_body_bytes < 1024 {
             return Err(invalid("callbacks.max_body_bytes", "must be at least 1024"));
+        }
+        if self.callbacks.max_body_bytes + RECORD_HEADROOM > self.kafka.max_record_bytes {
+            return Err(invalid(
+                "callbacks.max_body_bytes",
+                format!(
+                    "must leave {RECORD_HEADROOM} bytes under kafka.max_record_bytes ({}): a \
+                     callback is one record of the internal callbacks topic",
+                    self.kafka.max_record_bytes
+                ),
+            ));
+        }
+        if self.callbacks.max_results == 0 {
+            return Err(invalid("callbacks.max_results", "must be at least 1"));
+        }
+        let p = &self.processing;
+        if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&p.commit_interval) {
+            return Err(invalid(
+                "processing.commit_interval",
+                "must be within 1ms..=10s",
+            ));
+        }
+        if self.kafka.transaction_timeout
+            < p.commit_interval + p.revoke_drain + Duration::from_secs(5)
+        {
+            return Err(invalid(
+                "kafka.transaction_timeout",
+                "must exceed processing.commit_interval + processing.revoke_drain by at least \
+                 5s: a transaction stays open that long",
+            ));
         }
         if self.callbacks.dedupe_window == 0 {
             return Err(invalid("callbacks.dedupe_window", "must be at least 1"));
@@ -616,8 +710,20 @@ mod tests {
                 "CAPTAIN_BRIDGE_KAFKA__PROPERTIES__SECURITY__PROTOCOL",
                 "SASL_SSL",
             ),
+            (
+                "CAPTAIN_BRIDGE_KAFKA__PROPERTIES__STATISTICS__INTERVAL__MS",
+                "5000",
+            ),
         ]);
         let s = Settings::load_from(None, e).unwrap();
+        assert_eq!(
+            s.kafka
+                .properties
+                .get("statistics.interval.ms")
+                .map(String::as_str),
+            Some("5000"),
+            "a number stays text: librdkafka properties are strings"
+        );
         assert_eq!(
             s.kafka
                 .properties

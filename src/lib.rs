@@ -3,27 +3,32 @@
 //! transition and result record back to Kafka, committing nothing before Kafka has it.
 //!
 //! The flow, module by module:
-//! - [`kafka`]: the launch consumer (ordered offset storing), the producer, the run-state view;
-//! - [`domain`]: launch requests and their validation, statuses and their state machine, records;
-//! - [`launch`]: one launch record → dead letter + REJECTED, or submitted runs + first status;
-//! - [`captain`]: the Captain Data API client (classification, retries, 429 waits);
-//! - [`callbacks`]: the HTTP endpoint (limits, precise refusals) and ops endpoints;
-//! - [`token`]: callback tokens, signed by the launch path and verified by the endpoint;
-//! - [`ingest`]: one callback → result records + status event, answered once Kafka has them;
-//! - [`publish`]: domain events → Kafka records; [`app`]: wiring and ordered shutdown;
-//! - [`config`], [`metrics`], [`telemetry`], [`shutdown`], [`locks`]: the supporting cast.
+//! - [`router`]: launch topic → validated requests on the internal requests topic (keyed by
+//!   request_id), or dead letter + `REJECTED`, in transactions;
+//! - [`callbacks`] + [`intake`]: the HTTP endpoint verifies a callback (token, limits, shape)
+//!   and appends it to the internal callbacks topic; 2xx once Kafka has it;
+//! - [`owner`]: each instance owns a share of the partitions of the requests, callbacks and
+//!   run-state topics (co-partitioned): it restores their state, submits launches through the
+//!   [`captain`] client, turns callbacks into results and statuses, and commits outputs,
+//!   state and offsets in one transaction per interval;
+//! - [`domain`]: requests and their validation, statuses and their state machine, records, and
+//!   the decisions (state + input → what to publish);
+//! - [`kafka`]: producers (plain and transactional), records, offsets, admin;
+//! - [`publish`]: domain events → Kafka records; [`token`]: callback tokens;
+//! - [`app`]: wiring and ordered shutdown; [`config`], [`metrics`], [`telemetry`],
+//!   [`shutdown`]: the supporting cast.
 
 pub mod app;
 pub mod callbacks;
 pub mod captain;
 pub mod config;
 pub mod domain;
-pub mod ingest;
+pub mod intake;
 pub mod kafka;
-pub mod launch;
-pub mod locks;
 pub mod metrics;
+pub mod owner;
 pub mod publish;
+pub mod router;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;

@@ -2,8 +2,8 @@
 //! served on `/metrics`. Labels are low-cardinality by construction: never a request id.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for HTTP calls to the API and callback acknowledgement (seconds).
@@ -15,6 +15,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// milliseconds, cooldowns after a 429 seconds to minutes.
 const LIMITER_WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Buckets for restoring run state (seconds).
+const RESTORE_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// The bridge's metrics. Cheap to clone (every field is an `Arc` inside).
@@ -57,6 +62,32 @@ pub struct Metrics {
     pub limiter_waiting: IntGaugeVec,
     /// Time one attempt waited in the rate limiter (pacing and cooldown), by key name.
     pub limiter_wait: HistogramVec,
+    /// Partitions this instance owns (its share of the run state and of the processing).
+    pub owned_partitions: IntGauge,
+    /// Time to restore the run state of newly owned partitions.
+    pub state_restore_duration: Histogram,
+    /// Run states loaded by restores.
+    pub states_restored: IntCounter,
+    /// Callbacks waiting for their chunk's submission answer to be applied.
+    pub callbacks_held: IntGauge,
+    /// Callbacks turned into records by the owner, by outcome (`published`, `duplicate`).
+    pub callbacks_processed: IntCounterVec,
+    /// Time from a callback's receipt to the commit of its records (what a `read_committed`
+    /// consumer waits).
+    pub callback_commit_latency: Histogram,
+    /// Kafka transactions, by loop (`owner`, `router`) and outcome (`committed`, `aborted`).
+    pub transactions: IntCounterVec,
+    /// Time one transaction commit took, by loop.
+    pub transaction_commit_duration: HistogramVec,
+    /// Submissions whose outcome could not be recorded by this instance (shutdown past the
+    /// drain deadline, or a partition moved while in flight): submitted again by the owner.
+    pub launch_jobs_abandoned: IntCounter,
+    /// Launch requests taken from Kafka and waiting for a submission slot.
+    pub launches_waiting: IntGauge,
+    /// Launch records forwarded to the requests topic by the router.
+    pub launches_routed: IntCounter,
+    /// Launch records skipped because not even their dead letter could be written.
+    pub launch_records_skipped: IntCounter,
 }
 
 impl Metrics {
@@ -154,6 +185,86 @@ impl Metrics {
             &["key"],
         )?;
 
+        let owned_partitions = IntGauge::new(
+            "owned_partitions",
+            "Partitions whose run state and processing this instance owns",
+        )?;
+        let state_restore_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "state_restore_duration_seconds",
+                "Time to restore the run state of newly owned partitions",
+            )
+            .buckets(RESTORE_BUCKETS.to_vec()),
+        )?;
+        let states_restored = IntCounter::new(
+            "states_restored_total",
+            "Run states loaded when partitions were assigned",
+        )?;
+        let callbacks_held = IntGauge::new(
+            "callbacks_held",
+            "Callbacks waiting for their chunk's submission answer",
+        )?;
+        let callbacks_processed = IntCounterVec::new(
+            Opts::new(
+                "callbacks_processed_total",
+                "Callbacks turned into records by the partition owner, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let callback_commit_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "callback_commit_latency_seconds",
+                "Callback receipt to the commit of its records",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let transactions = IntCounterVec::new(
+            Opts::new(
+                "transactions_total",
+                "Kafka transactions, by loop and outcome",
+            ),
+            &["loop", "outcome"],
+        )?;
+        let transaction_commit_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "transaction_commit_duration_seconds",
+                "Time one transaction commit took",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["loop"],
+        )?;
+        let launch_jobs_abandoned = IntCounter::new(
+            "launch_jobs_abandoned_total",
+            "Submissions whose outcome this instance could not record (submitted again)",
+        )?;
+        let launches_waiting = IntGauge::new(
+            "launches_waiting",
+            "Launch requests taken from Kafka and waiting for a submission slot",
+        )?;
+        let launches_routed = IntCounter::new(
+            "launches_routed_total",
+            "Launch records validated and forwarded to their owner's partition",
+        )?;
+        let launch_records_skipped = IntCounter::new(
+            "launch_records_skipped_total",
+            "Launch records skipped because not even their dead letter could be written",
+        )?;
+        for m in [
+            Box::new(launches_routed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(launches_waiting.clone()),
+            Box::new(launch_records_skipped.clone()),
+            Box::new(owned_partitions.clone()),
+            Box::new(state_restore_duration.clone()),
+            Box::new(states_restored.clone()),
+            Box::new(callbacks_held.clone()),
+            Box::new(callbacks_processed.clone()),
+            Box::new(callback_commit_latency.clone()),
+            Box::new(transactions.clone()),
+            Box::new(transaction_commit_duration.clone()),
+            Box::new(launch_jobs_abandoned.clone()),
+        ] {
+            registry.register(m)?;
+        }
         let launch_paused_for_cooldown = IntGauge::new(
             "launch_paused_for_cooldown",
             "1 while launch partitions are paused for an API rate-limit cooldown",
@@ -193,6 +304,18 @@ impl Metrics {
             limiter_permitted_rate,
             limiter_waiting,
             limiter_wait,
+            owned_partitions,
+            state_restore_duration,
+            states_restored,
+            callbacks_held,
+            callbacks_processed,
+            callback_commit_latency,
+            transactions,
+            transaction_commit_duration,
+            launch_jobs_abandoned,
+            launches_routed,
+            launch_records_skipped,
+            launches_waiting,
         })
     }
 

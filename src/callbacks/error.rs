@@ -1,7 +1,7 @@
 //! Every way a callback can be refused, each knowing its HTTP status, its `callbacks_total`
 //! outcome and its JSON answer `{"error": "<code>", "message": "<reason>"}`.
 
-use super::payload::PayloadError;
+use crate::intake::PayloadError;
 use crate::token::TokenError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +14,9 @@ pub enum CallbackError {
     /// The body is larger than the configured limit (413).
     #[error("body exceeds {limit} bytes")]
     TooLarge { limit: usize },
+    /// More result items than one callback may carry (413): each becomes a record.
+    #[error("{count} result items, above the limit of {limit}")]
+    TooManyResults { count: usize, limit: usize },
     /// The token in the URL was refused (401). The kind is logged, not answered.
     #[error("callback token refused")]
     BadToken(#[source] TokenError),
@@ -49,7 +52,9 @@ impl CallbackError {
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            CallbackError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            CallbackError::TooLarge { .. } | CallbackError::TooManyResults { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             CallbackError::BadToken(_) | CallbackError::BadHeaderSecret => StatusCode::UNAUTHORIZED,
             CallbackError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             CallbackError::Unreadable(_) | CallbackError::Malformed(_) => StatusCode::BAD_REQUEST,
@@ -62,6 +67,7 @@ impl CallbackError {
     pub fn code(&self) -> &'static str {
         match self {
             CallbackError::TooLarge { .. } => "too_large",
+            CallbackError::TooManyResults { .. } => "too_many_results",
             CallbackError::BadToken(_) | CallbackError::BadHeaderSecret => "unauthorized",
             CallbackError::UnsupportedMediaType(_) => "unsupported_media_type",
             CallbackError::Unreadable(_) | CallbackError::Malformed(_) => "malformed",
@@ -73,7 +79,7 @@ impl CallbackError {
     /// The `outcome` label of `callbacks_total`.
     pub fn outcome(&self) -> &'static str {
         match self {
-            CallbackError::TooLarge { .. } => "too_large",
+            CallbackError::TooLarge { .. } | CallbackError::TooManyResults { .. } => "too_large",
             CallbackError::BadToken(_) | CallbackError::BadHeaderSecret => "unauthorized",
             CallbackError::UnsupportedMediaType(_)
             | CallbackError::Unreadable(_)

@@ -1,15 +1,13 @@
 //! The callback HTTP server embedded in the bridge (tokens are verified with [`crate::token`]):
-//! the callback payload, the `POST /callbacks/{token}` router and its errors, the operations
+//! the `POST /callbacks/{token}` router and its errors, the operations
 //! endpoints, and [`serve`], which runs any of these routers until shutdown.
 
 mod error;
 mod ops;
-mod payload;
 mod router;
 
 pub use error::CallbackError;
 pub use ops::{ops_router, Readiness};
-pub use payload::{CallbackPayload, CallbackRun, PayloadError};
 pub use router::{callback_router, CallbackSink, CallbackState, SinkAck, SinkError};
 
 use axum::Router;

@@ -1,9 +1,9 @@
 //! `POST /callbacks/{token}`: checks a callback in order of cost (declared size, token, header
-//! secret, content type, size while reading, JSON, shape), hands it to the [`CallbackSink`],
-//! and answers 200 only once the sink has it (i.e. Kafka acknowledged its records).
+//! secret, content type, size while reading, JSON, shape, result count), hands its bytes to
+//! the [`CallbackSink`], and answers 200 only once the sink has it (Kafka acknowledged it).
 
 use super::error::CallbackError;
-use super::payload::CallbackPayload;
+use crate::intake::CallbackPayload;
 use crate::metrics::Metrics;
 use crate::token::{CallbackClaims, TokenKeys};
 use axum::body::Body;
@@ -22,15 +22,12 @@ use subtle::ConstantTimeEq;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-/// What the sink did with an accepted callback.
+/// What the sink did with an accepted callback: it is durable; its results are published by
+/// the request's owner (once, even if the callback is delivered again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SinkAck {
-    /// Result records acknowledged by Kafka for this callback.
-    pub results_published: usize,
-    /// The batch (`run_uid`, `batch_uid`) had been published before: nothing new was written.
-    pub duplicate: bool,
-    /// A status transition was published.
-    pub status_published: bool,
+    /// Result items the callback carried.
+    pub results: usize,
 }
 
 /// Why the sink did not take a callback.
@@ -55,14 +52,16 @@ impl SinkError {
     }
 }
 
-/// Where verified callbacks go (the bridge's publisher). It must be idempotent per
+/// Where verified callbacks go (the durable intake). What follows must be idempotent per
 /// (`run_uid`, `batch_uid`): the platform and the reconciler may deliver a batch again.
 pub trait CallbackSink: Send + Sync + 'static {
-    /// Publishes the callback's records; resolves once Kafka has acknowledged all of them.
+    /// Makes the callback durable; resolves once Kafka has acknowledged it. `body` was
+    /// validated as a callback holding `results` result items.
     fn accept(
         &self,
         claims: CallbackClaims,
-        payload: CallbackPayload,
+        body: bytes::Bytes,
+        results: usize,
     ) -> BoxFuture<'_, Result<SinkAck, SinkError>>;
 }
 
@@ -73,6 +72,8 @@ pub struct CallbackState {
     pub sink: Arc<dyn CallbackSink>,
     /// Largest accepted body, checked before buffering.
     pub max_body_bytes: usize,
+    /// Most result items one callback may carry (each becomes a record).
+    pub max_results: usize,
     /// Optional second check: this header (set through `callback.headers`) must hold the secret.
     pub header_secret: Option<(HeaderName, SecretString)>,
     pub metrics: Metrics,
@@ -109,22 +110,15 @@ async fn receive(
                 .metrics
                 .callback_ack_duration
                 .observe(arrived.elapsed().as_secs_f64());
-            let outcome = if ack.duplicate {
-                "duplicate"
-            } else {
-                "accepted"
-            };
-            state.metrics.callbacks.with_label_values(&[outcome]).inc();
-            tracing::info!(
-                outcome,
-                results = ack.results_published,
-                status_published = ack.status_published,
-                "callback accepted"
-            );
+            state
+                .metrics
+                .callbacks
+                .with_label_values(&["accepted"])
+                .inc();
+            tracing::debug!(results = ack.results, "callback accepted");
             Json(serde_json::json!({
-                "status": outcome,
-                "results_published": ack.results_published,
-                "status_published": ack.status_published,
+                "status": "accepted",
+                "results": ack.results,
             }))
             .into_response()
         }
@@ -175,13 +169,22 @@ async fn handle(
         }
     }
     check_content_type(headers)?;
-    let bytes = read_limited(body, limit).await?;
-    let payload = CallbackPayload::from_slice(&bytes)?;
-    span.record("run_uid", payload.run.run_uid.as_str());
-    span.record("batch_uid", payload.run.batch_uid.as_str());
+    let bytes = read_limited(body, limit).await?.freeze();
+    let results = {
+        let payload = CallbackPayload::parse(&bytes)?;
+        span.record("run_uid", payload.run.run_uid);
+        span.record("batch_uid", payload.run.batch_uid);
+        if payload.results.len() > state.max_results {
+            return Err(CallbackError::TooManyResults {
+                count: payload.results.len(),
+                limit: state.max_results,
+            });
+        }
+        payload.results.len()
+    };
     state
         .sink
-        .accept(claims, payload)
+        .accept(claims, bytes, results)
         .await
         .map_err(|e| match e {
             SinkError::Unavailable {
@@ -243,7 +246,7 @@ mod tests {
     /// Records what it was given and answers as told.
     #[derive(Default)]
     struct FakeSink {
-        calls: Mutex<Vec<(CallbackClaims, CallbackPayload)>>,
+        calls: Mutex<Vec<(CallbackClaims, bytes::Bytes, usize)>>,
         fail_with: Mutex<Option<SinkError>>,
     }
 
@@ -251,18 +254,14 @@ mod tests {
         fn accept(
             &self,
             claims: CallbackClaims,
-            payload: CallbackPayload,
+            body: bytes::Bytes,
+            results: usize,
         ) -> BoxFuture<'_, Result<SinkAck, SinkError>> {
             Box::pin(async move {
-                let results = payload.results.as_ref().map_or(0, Vec::len);
-                self.calls.lock().unwrap().push((claims, payload));
+                self.calls.lock().unwrap().push((claims, body, results));
                 match self.fail_with.lock().unwrap().clone() {
                     Some(e) => Err(e),
-                    None => Ok(SinkAck {
-                        results_published: results,
-                        duplicate: false,
-                        status_published: true,
-                    }),
+                    None => Ok(SinkAck { results }),
                 }
             })
         }
@@ -285,6 +284,7 @@ mod tests {
             keys: keys.clone(),
             sink: sink.clone(),
             max_body_bytes: LIMIT,
+            max_results: 3,
             header_secret: header_secret
                 .map(|s| (HeaderName::from_static("x-bridge-secret"), s.into())),
             metrics: metrics.clone(),
@@ -366,12 +366,16 @@ mod tests {
 
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["status"], "accepted");
-        assert_eq!(body["results_published"], 2);
+        assert_eq!(body["results"], 2);
         let calls = f.sink.calls.lock().unwrap();
-        let (claims, payload) = &calls[0];
+        let (claims, bytes, results) = &calls[0];
         assert_eq!(claims.request_id, "req-1");
-        assert_eq!(payload.run.batch_uid, "b1");
-        assert_eq!(payload.custom_data, Some(json!({"crm_id": "42"})));
+        assert_eq!(*results, 2);
+        assert_eq!(
+            serde_json::from_slice::<Value>(bytes).unwrap(),
+            callback(),
+            "the body is handed on as it arrived"
+        );
         drop(calls);
         assert_eq!(f.outcome("accepted"), 1);
         assert_eq!(f.metrics.callback_ack_duration.get_sample_count(), 1);
@@ -520,6 +524,21 @@ mod tests {
         assert_eq!(missing, StatusCode::UNAUTHORIZED);
         assert_eq!(right, StatusCode::OK);
         assert_eq!(f.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn more_result_items_than_the_limit_is_a_413_saying_how_many() {
+        let f = fixture(None);
+        let mut cb = callback();
+        cb["results"] = json!([{}, {}, {}, {}]);
+
+        let (status, _, body) = f.post_json(cb).await;
+
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["error"], "too_many_results");
+        assert_eq!(body["message"], "4 result items, above the limit of 3");
+        assert_eq!(f.calls(), 0);
+        assert_eq!(f.outcome("too_large"), 1);
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ use super::request::Mode;
 use super::status::RunStatus;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -67,6 +68,24 @@ impl RunResult {
     }
 }
 
+/// A [`RunResult`] whose open JSON parts (`input`, `custom_data`, `result`) are borrowed as
+/// they arrived in the callback body: serialized, they are copied verbatim instead of being
+/// parsed into a tree and written again. Same fields, same order, same JSON as `RunResult`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResultRef<'a> {
+    pub result_id: String,
+    pub request_id: &'a str,
+    pub run_uid: &'a str,
+    pub batch_uid: &'a str,
+    pub index: u32,
+    pub action: &'a str,
+    pub input: Option<&'a RawValue>,
+    pub custom_data: Option<&'a RawValue>,
+    pub result: &'a RawValue,
+    pub received_at: DateTime<Utc>,
+    pub metadata: &'a BTreeMap<String, String>,
+}
+
 /// What the bridge knows of one request: its runs and their last published status. Written to
 /// the compacted `runs` topic (key = request_id) so that any instance can answer a callback,
 /// and so that a redelivered launch request is not submitted twice.
@@ -102,6 +121,9 @@ pub struct RunTrack {
     /// The most recent batch_uids published, oldest first, bounded (see `remember_batch`).
     pub batches: VecDeque<String>,
     pub first_seen: Option<DateTime<Utc>>,
+    /// When the bridge last heard of the run (submission answer or callback).
+    #[serde(default)]
+    pub last_seen: Option<DateTime<Utc>>,
 }
 
 impl RunTrack {

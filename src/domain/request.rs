@@ -37,16 +37,21 @@ pub struct Schedule {
     pub timezone: Option<String>,
 }
 
-/// A validated launch request, ready to be submitted.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated launch request, ready to be submitted. It serializes to the wire shape
+/// [`parse_json`] accepts (the internal requests topic carries it so).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LaunchRequest {
     pub request_id: String,
     pub action: String,
     pub mode: Mode,
     pub inputs: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_ids: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
     pub metadata: BTreeMap<String, String>,
 }
@@ -73,6 +78,9 @@ pub enum RejectClass {
     InvalidSchedule,
     /// A field has a value the API would refuse (action slug, request_id, identity_mode).
     InvalidValue,
+    /// A record of an internal topic the bridge cannot read (written by another version, or
+    /// damaged): dead-lettered rather than retried forever.
+    InvalidRecord,
 }
 
 impl RejectClass {
@@ -84,6 +92,7 @@ impl RejectClass {
             RejectClass::UnknownMode => "unknown_mode",
             RejectClass::InvalidSchedule => "invalid_schedule",
             RejectClass::InvalidValue => "invalid_value",
+            RejectClass::InvalidRecord => "invalid_record",
         }
     }
 }
@@ -342,6 +351,17 @@ pub fn string_map(map: &Map<String, Value>) -> BTreeMap<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_validated_request_serializes_to_what_the_decoder_reads_back() {
+        let raw = br#"{"request_id":"r1","action":"linkedin-extract-people","mode":"schedule",
+            "inputs":[{"linkedin_profile_url":"u","custom_data":{"a":1}}],"parameters":{"x":true},
+            "identity_mode":"auto","schedule":{"cron":"0 8 * * 1","timezone":"UTC"},
+            "metadata":{"k":"v"}}"#;
+        let parsed = parse_json(raw, "fallback").unwrap();
+        let again = parse_json(&serde_json::to_vec(&parsed).unwrap(), "other").unwrap();
+        assert_eq!(again, parsed);
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -1,5 +1,6 @@
 //! Topic provisioning at start-up: create what is missing, check what exists.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -56,20 +57,40 @@ pub enum AdminError {
     UnknownTopic(String),
 }
 
-fn admin_client(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
+/// How to reach the cluster: `bootstrap.servers` and the librdkafka properties every client
+/// of the bridge gets (security settings among them).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterAccess {
+    pub bootstrap: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl ClusterAccess {
+    pub fn new(bootstrap: &str) -> Self {
+        Self {
+            bootstrap: bootstrap.to_owned(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+fn admin_client(access: &ClusterAccess) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &access.bootstrap);
+    for (k, v) in &access.properties {
+        cc.set(k, v);
+    }
+    cc.create()
 }
 
 /// Creates the missing topics (an existing topic is fine) and checks that every topic whose
 /// spec asks for `cleanup.policy=compact` has it, since run state would otherwise expire.
 pub async fn ensure_topics(
-    bootstrap: &str,
+    access: &ClusterAccess,
     specs: &[TopicSpec],
     timeout: Duration,
 ) -> Result<(), AdminError> {
-    let admin = admin_client(bootstrap)?;
+    let admin = admin_client(access)?;
     let options = AdminOptions::new().operation_timeout(Some(timeout));
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
@@ -142,11 +163,11 @@ pub async fn ensure_topics(
 
 /// The number of partitions of `topic`, from cluster metadata.
 pub async fn partition_count(
-    bootstrap: &str,
+    access: &ClusterAccess,
     topic: &str,
     timeout: Duration,
 ) -> Result<i32, AdminError> {
-    let admin = admin_client(bootstrap)?;
+    let admin = admin_client(access)?;
     let topic = topic.to_owned();
     // Metadata fetches block on the network: keep them off the async workers.
     let metadata = tokio::task::spawn_blocking(move || {
@@ -164,4 +185,28 @@ pub async fn partition_count(
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
         .ok_or_else(|| AdminError::UnknownTopic(topic.clone()))?;
     Ok(t.partitions().len() as i32)
+}
+
+/// The value of one configuration entry of `topic` (e.g. `max.message.bytes`), as the
+/// cluster reports it (its default included).
+pub async fn topic_config(
+    access: &ClusterAccess,
+    topic: &str,
+    key: &str,
+    timeout: Duration,
+) -> Result<Option<String>, AdminError> {
+    let admin = admin_client(access)?;
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await?;
+    let resource = described
+        .into_iter()
+        .next()
+        .ok_or_else(|| AdminError::UnknownTopic(topic.to_owned()))?
+        .map_err(|code| AdminError::Create {
+            topic: topic.to_owned(),
+            code,
+        })?;
+    Ok(resource.get(key).and_then(|e| e.value.clone()))
 }

@@ -1,22 +1,20 @@
-//! Kafka: the launch consumer with ordered offset tracking, the producer, the run-state view.
+//! Kafka: the producers (plain and transactional), consumed records, offset tracking, topic
+//! administration, Java-compatible partitioning, and the embedded mock cluster of the demo.
 
 pub mod admin;
-pub mod consumer;
+pub mod inbound;
 pub mod mock;
 pub mod murmur2;
 pub mod offsets;
 pub mod producer;
-pub mod state;
 #[cfg(test)]
 mod tests;
+pub mod txn;
 
-pub use admin::{ensure_topics, partition_count, AdminError, TopicSpec};
-pub use consumer::{
-    ConsumerConfig, ConsumerError, HandleOutcome, InboundRecord, LaunchConsumer, LaunchHandler,
-    PauseControl,
-};
+pub use admin::{ensure_topics, partition_count, AdminError, ClusterAccess, TopicSpec};
+pub use inbound::{InboundRecord, PauseControl};
 pub use mock::EmbeddedKafka;
 pub use murmur2::{murmur2, partition_for_key};
 pub use offsets::{OffsetTracker, TopicPartition};
 pub use producer::{Delivered, OutRecord, ProduceError, ProducerConfig, RecordProducer};
-pub use state::{StateConfig, StateError, StateView};
+pub use txn::{TxnError, TxnProducer};

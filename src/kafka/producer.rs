@@ -14,7 +14,7 @@ use rdkafka::util::Timeout;
 use crate::metrics::Metrics;
 
 /// How long to wait before retrying to enqueue when librdkafka's local queue is full.
-const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+pub(crate) const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
 /// Producer settings. The app maps its configuration onto this.
 #[derive(Debug, Clone)]
@@ -23,6 +23,9 @@ pub struct ProducerConfig {
     pub bootstrap: String,
     /// librdkafka `message.timeout.ms`: how long librdkafka keeps retrying one record.
     pub delivery_timeout: Duration,
+    /// Largest record the producer accepts (librdkafka `message.max.bytes`, at least its
+    /// 1,000,000-byte default): callbacks and launch requests can be that large.
+    pub max_record_bytes: usize,
     /// Extra librdkafka properties, applied last (they override the defaults above).
     pub properties: BTreeMap<String, String>,
 }
@@ -32,8 +35,40 @@ impl Default for ProducerConfig {
         Self {
             bootstrap: "127.0.0.1:9092".into(),
             delivery_timeout: Duration::from_secs(30),
+            max_record_bytes: 1_000_000,
             properties: BTreeMap::new(),
         }
+    }
+}
+
+impl ProducerConfig {
+    /// `acks=all`, `enable.idempotence=true` (no duplicates or reordering from librdkafka's own
+    /// retries), `partitioner=murmur2_random` (Java's default, so keys land where Java clients
+    /// put them), `linger.ms=5`, `compression.type=lz4`, then `extra`, then the user's
+    /// properties.
+    pub(crate) fn client_config(&self, extra: &[(&str, String)]) -> ClientConfig {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set(
+                "message.timeout.ms",
+                self.delivery_timeout.as_millis().to_string(),
+            )
+            .set(
+                "message.max.bytes",
+                self.max_record_bytes.max(1_000_000).to_string(),
+            );
+        for (k, v) in extra {
+            cc.set(*k, v);
+        }
+        for (k, v) in &self.properties {
+            cc.set(k, v);
+        }
+        cc
     }
 }
 
@@ -111,6 +146,31 @@ impl ProduceError {
     }
 }
 
+/// The librdkafka record for `record` (borrowing its bytes).
+pub(crate) fn future_record(record: &OutRecord) -> FutureRecord<'_, [u8], [u8]> {
+    let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
+    if let Some(key) = &record.key {
+        fr = fr.key(key.as_slice());
+    }
+    if let Some(payload) = &record.payload {
+        fr = fr.payload(payload.as_slice());
+    }
+    if let Some(partition) = record.partition {
+        fr = fr.partition(partition);
+    }
+    if !record.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_slice()),
+            });
+        }
+        fr = fr.headers(headers);
+    }
+    fr
+}
+
 /// The process-wide producer. Cheap to share behind an `Arc`; `FutureProducer` is thread-safe.
 pub struct RecordProducer {
     inner: FutureProducer,
@@ -118,26 +178,12 @@ pub struct RecordProducer {
 }
 
 impl RecordProducer {
-    /// Builds the producer: `acks=all`, `enable.idempotence=true` (no duplicates or reordering
-    /// from librdkafka's own retries), `partitioner=murmur2_random` (Java's default, so keys
-    /// land where Java clients put them), `linger.ms=5`, `compression.type=lz4`, then the
-    /// user's properties.
+    /// Builds the producer (see [`ProducerConfig::client_config`]).
     pub fn new(config: &ProducerConfig, metrics: Metrics) -> Result<Self, ProduceError> {
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &config.bootstrap)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set(
-                "message.timeout.ms",
-                config.delivery_timeout.as_millis().to_string(),
-            );
-        for (k, v) in &config.properties {
-            cc.set(k, v);
-        }
-        let inner: FutureProducer = cc.create().map_err(ProduceError::Config)?;
+        let inner: FutureProducer = config
+            .client_config(&[])
+            .create()
+            .map_err(ProduceError::Config)?;
         Ok(Self { inner, metrics })
     }
 
@@ -220,27 +266,7 @@ impl RecordProducer {
         record: &OutRecord,
     ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
         loop {
-            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
-            if let Some(key) = &record.key {
-                fr = fr.key(key.as_slice());
-            }
-            if let Some(payload) = &record.payload {
-                fr = fr.payload(payload.as_slice());
-            }
-            if let Some(partition) = record.partition {
-                fr = fr.partition(partition);
-            }
-            if !record.headers.is_empty() {
-                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-                for (key, value) in &record.headers {
-                    headers = headers.insert(Header {
-                        key,
-                        value: Some(value.as_slice()),
-                    });
-                }
-                fr = fr.headers(headers);
-            }
-            match self.inner.send_result(fr) {
+            match self.inner.send_result(future_record(record)) {
                 Ok(future) => return Ok(future),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;

@@ -1,25 +1,19 @@
 //! Tests against a real broker: `KAFKA_BOOTSTRAP_SERVERS` must be set (scripts/kafka.sh start).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use futures::future::BoxFuture;
-use futures::FutureExt;
-use rand::Rng;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::domain::{Mode, RunState};
 use crate::metrics::Metrics;
+use crate::owner::restore::{restore, RestoreConfig, MARKER_KEY};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -30,6 +24,10 @@ fn bootstrap() -> String {
              (run scripts/kafka.sh start and export the address it prints)"
         )
     })
+}
+
+fn access() -> ClusterAccess {
+    ClusterAccess::new(&bootstrap())
 }
 
 fn unique(prefix: &str) -> String {
@@ -52,11 +50,11 @@ async fn create_topic(name: &str, partitions: i32, compact: bool) {
         replication: 1,
         config,
     };
-    ensure_topics(&bootstrap(), &[spec], Duration::from_secs(30))
+    ensure_topics(&access(), &[spec], Duration::from_secs(30))
         .await
         .unwrap();
     wait_until("topic metadata", || async {
-        partition_count(&bootstrap(), name, Duration::from_secs(5))
+        partition_count(&access(), name, Duration::from_secs(5))
             .await
             .is_ok_and(|n| n == partitions)
     })
@@ -98,12 +96,14 @@ fn record(topic: &str, key: &str, payload: String) -> OutRecord {
     }
 }
 
-/// Every record of `topic` (all partitions, from the beginning) until `n` are read.
+/// Every record of `topic` (all partitions, from the beginning, `read_committed`) until `n`
+/// are read.
 async fn read_back(topic: &str, partitions: i32, n: usize) -> Vec<InboundRecord> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -129,88 +129,6 @@ async fn read_back(topic: &str, partitions: i32, n: usize) -> Vec<InboundRecord>
         });
     }
     out
-}
-
-/// The committed position of `group` for each partition (-1001 when none).
-async fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let (group, topic) = (group.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .set("group.id", &group)
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(&topic, p);
-        }
-        let got = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
-        (0..partitions)
-            .map(|p| {
-                got.find_partition(&topic, p)
-                    .map(|e| e.offset().to_raw().unwrap_or(-1001))
-                    .unwrap_or(-1001)
-            })
-            .collect()
-    })
-    .await
-    .unwrap()
-}
-
-async fn high_watermarks(topic: &str, partitions: i32) -> Vec<i64> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .create()
-            .unwrap();
-        (0..partitions)
-            .map(|p| {
-                consumer
-                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                    .unwrap()
-                    .1
-            })
-            .collect()
-    })
-    .await
-    .unwrap()
-}
-
-/// A handler from a closure.
-struct FnHandler<F>(F);
-
-#[async_trait]
-impl<F> LaunchHandler for FnHandler<F>
-where
-    F: Fn(InboundRecord) -> BoxFuture<'static, HandleOutcome> + Send + Sync + 'static,
-{
-    async fn handle(&self, msg: InboundRecord) -> HandleOutcome {
-        (self.0)(msg).await
-    }
-}
-
-fn consumer_config(topic: &str, group: &str) -> ConsumerConfig {
-    ConsumerConfig {
-        bootstrap: bootstrap(),
-        group_id: group.to_owned(),
-        topic: topic.to_owned(),
-        max_in_flight: 8,
-        drain_timeout: Duration::from_secs(10),
-        ..ConsumerConfig::default()
-    }
-}
-
-async fn produce_numbered(topic: &str, n: usize) {
-    let records = (0..n)
-        .map(|i| record(topic, &format!("k{}", i % 17), i.to_string()))
-        .collect();
-    producer()
-        .send_all(records, Duration::from_secs(30))
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,220 +160,168 @@ async fn send_all_acknowledges_every_record_and_keeps_per_key_order_on_java_part
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumer_commits_the_end_of_every_partition_after_random_order_completion() {
-    let topic = unique("launch");
-    let group = unique("group");
-    create_topic(&topic, 3, false).await;
-    let n = 150;
-    produce_numbered(&topic, n).await;
-
-    let seen = Arc::new(Mutex::new(HashSet::new()));
-    let handler = {
-        let seen = seen.clone();
-        FnHandler(move |r: InboundRecord| {
-            let seen = seen.clone();
-            async move {
-                let delay = rand::rng().random_range(0..30);
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-                seen.lock().unwrap().insert((r.partition, r.offset));
-                HandleOutcome::Done
-            }
-            .boxed()
-        })
-    };
-    let shutdown = CancellationToken::new();
-    let consumer = LaunchConsumer::new(consumer_config(&topic, &group), metrics()).unwrap();
-    let run = tokio::spawn(consumer.run(Arc::new(handler), shutdown.clone()));
-    wait_until("every record handled", || async {
-        seen.lock().unwrap().len() == n
-    })
-    .await;
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
-
-    assert_eq!(
-        committed(&group, &topic, 3).await,
-        high_watermarks(&topic, 3).await
-    );
+/// A consumer in `group` subscribed to `topic`, polled until it owns a partition, for the
+/// group metadata a transactional commit is fenced with.
+async fn group_member(topic: &str, group: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while consumer.assignment().unwrap().count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no assignment");
+        tokio::task::block_in_place(|| {
+            let _ = consumer.poll(Duration::from_millis(100));
+        });
+    }
+    consumer
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_abandoned_record_stops_the_commit_and_is_redelivered_with_everything_after_it() {
-    let topic = unique("launch");
-    let group = unique("group");
-    create_topic(&topic, 1, false).await;
-    let n = 30;
-    produce_numbered(&topic, n).await;
-
-    let seen = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let seen = seen.clone();
-        FnHandler(move |r: InboundRecord| {
-            let seen = seen.clone();
-            async move {
-                seen.fetch_add(1, Ordering::SeqCst);
-                if r.offset == 10 {
-                    HandleOutcome::Abandoned
-                } else {
-                    HandleOutcome::Done
-                }
-            }
-            .boxed()
-        })
-    };
-    let shutdown = CancellationToken::new();
-    let consumer = LaunchConsumer::new(consumer_config(&topic, &group), metrics()).unwrap();
-    let run = tokio::spawn(consumer.run(Arc::new(handler), shutdown.clone()));
-    wait_until("every record handled once", || async {
-        seen.load(Ordering::SeqCst) == n
-    })
-    .await;
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
-    assert_eq!(committed(&group, &topic, 1).await, vec![10]);
-
-    // A restarted member of the same group resumes exactly at the abandoned record.
-    let offsets = Arc::new(Mutex::new(Vec::new()));
-    let handler = {
-        let offsets = offsets.clone();
-        FnHandler(move |r: InboundRecord| {
-            offsets.lock().unwrap().push(r.offset);
-            async { HandleOutcome::Done }.boxed()
-        })
-    };
-    let shutdown = CancellationToken::new();
-    let consumer = LaunchConsumer::new(consumer_config(&topic, &group), metrics()).unwrap();
-    let run = tokio::spawn(consumer.run(Arc::new(handler), shutdown.clone()));
-    wait_until("redelivery from the abandoned record", || async {
-        offsets.lock().unwrap().len() >= n - 10
-    })
-    .await;
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
-    let mut got = offsets.lock().unwrap().clone();
-    got.sort_unstable();
-    assert_eq!(got, (10..n as i64).collect::<Vec<_>>());
-    assert_eq!(committed(&group, &topic, 1).await, vec![n as i64]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_consumer_pauses_instead_of_blocking_and_keeps_its_group_membership() {
-    let topic = unique("launch");
-    let group = unique("group");
-    create_topic(&topic, 2, false).await;
-    let n = 10;
-    produce_numbered(&topic, n).await;
-
-    let running = Arc::new(AtomicUsize::new(0));
-    let max_running = Arc::new(AtomicUsize::new(0));
-    let handled = Arc::new(Mutex::new(Vec::new()));
-    let handler = {
-        let (running, max_running, handled) =
-            (running.clone(), max_running.clone(), handled.clone());
-        FnHandler(move |r: InboundRecord| {
-            let (running, max_running, handled) =
-                (running.clone(), max_running.clone(), handled.clone());
-            async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                max_running.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
-                handled.lock().unwrap().push((r.partition, r.offset));
-                HandleOutcome::Done
-            }
-            .boxed()
-        })
-    };
-    // 10 records × 1.5 s over 2 slots = 7.5 s, longer than max.poll.interval.ms.
-    let mut config = consumer_config(&topic, &group);
-    config.max_in_flight = 2;
-    config.properties = BTreeMap::from([
-        ("max.poll.interval.ms".to_owned(), "6000".to_owned()),
-        ("session.timeout.ms".to_owned(), "6000".to_owned()),
-    ]);
-    let shutdown = CancellationToken::new();
-    let consumer = LaunchConsumer::new(config, metrics()).unwrap();
-    let run = tokio::spawn(consumer.run(Arc::new(handler), shutdown.clone()));
-    wait_until("every record handled", || async {
-        handled.lock().unwrap().len() >= n
-    })
-    .await;
-    // Room for a late redelivery to show up if membership had been lost.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
-
-    assert!(max_running.load(Ordering::SeqCst) <= 2);
-    let handled = handled.lock().unwrap().clone();
-    let unique_records: HashSet<_> = handled.iter().collect();
-    assert_eq!(
-        unique_records.len(),
-        handled.len(),
-        "a record was redelivered"
-    );
-    assert_eq!(handled.len(), n);
-    assert_eq!(
-        committed(&group, &topic, 2).await,
-        high_watermarks(&topic, 2).await
-    );
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct RunStateStub {
-    status: String,
-    version: u32,
-}
-
-fn state_config(topic: &str) -> StateConfig {
-    StateConfig {
+fn txn_producer(id: &str) -> TxnProducer {
+    let config = ProducerConfig {
         bootstrap: bootstrap(),
+        ..ProducerConfig::default()
+    };
+    tokio::task::block_in_place(|| {
+        TxnProducer::new("owner", &config, id, Duration::from_secs(10), metrics()).unwrap()
+    })
+}
+
+fn state_record(topic: &str, request_id: &str, action: &str) -> OutRecord {
+    let state = RunState::new(request_id, action, Mode::Async, Default::default(), 1);
+    OutRecord {
         topic: topic.to_owned(),
-        ..StateConfig::default()
+        role: "state",
+        key: Some(request_id.as_bytes().to_vec()),
+        payload: Some(serde_json::to_vec(&state).unwrap()),
+        headers: Vec::new(),
+        partition: Some(0),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn state_written_on_one_instance_is_read_on_another_and_reloaded_on_restart() {
-    let topic = unique("runs");
-    create_topic(&topic, 3, true).await;
-    let shutdown = CancellationToken::new();
-    let producer = producer();
-    let a: StateView<RunStateStub> = StateView::start(state_config(&topic), shutdown.clone())
-        .await
-        .unwrap();
-    let b: StateView<RunStateStub> = StateView::start(state_config(&topic), shutdown.clone())
-        .await
-        .unwrap();
+async fn a_read_committed_reader_sees_a_committed_transaction_and_never_an_aborted_one() {
+    let input = unique("txn-in");
+    let output = unique("txn-out");
+    let group = unique("txn-group");
+    create_topic(&input, 1, false).await;
+    create_topic(&output, 1, false).await;
+    let member = group_member(&input, &group).await;
+    let cgm = member.group_metadata().unwrap();
+    let mut txn = txn_producer(&unique("txn"));
 
-    for i in 0..20u32 {
-        let v = RunStateStub {
-            status: "QUEUED".into(),
-            version: i,
-        };
-        a.put(&format!("req-{i}"), &v, &producer).await.unwrap();
-        // Read-your-writes across instances: no waiting beyond get() itself.
-        assert_eq!(b.get(&format!("req-{i}")).await.unwrap(), Some(v));
+    txn.send(&record(&output, "k", "aborted".into())).unwrap();
+    tokio::task::block_in_place(|| txn.abort()).unwrap();
+    txn.send(&record(&output, "k", "committed".into())).unwrap();
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&input, 0, Offset::Offset(0))
+        .unwrap();
+    tokio::task::block_in_place(|| txn.commit(&offsets, &cgm)).unwrap();
+
+    let back = read_back(&output, 1, 1).await;
+    assert_eq!(back[0].payload.as_deref(), Some(&b"committed"[..]));
+    // Nothing else becomes readable: the aborted record is skipped for good.
+    let more = tokio::time::timeout(Duration::from_secs(2), read_back(&output, 1, 2)).await;
+    assert!(more.is_err(), "an aborted record was read");
+    // The offsets went in with the records, under the group's generation.
+    let committed = tokio::task::block_in_place(|| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&input, 0);
+        member
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap()
+    });
+    assert_eq!(
+        committed.find_partition(&input, 0).map(|e| e.offset()),
+        Some(Offset::Offset(0))
+    );
+}
+
+fn restore_config(runs: &str, input: &str) -> RestoreConfig {
+    RestoreConfig {
+        bootstrap: bootstrap(),
+        runs_topic: runs.to_owned(),
+        input_topics: vec![input.to_owned()],
+        properties: Default::default(),
+        timeout: Duration::from_secs(60),
     }
-    let newer = RunStateStub {
-        status: "RUNNING".into(),
-        version: 100,
-    };
-    b.put("req-3", &newer, &producer).await.unwrap();
-    assert_eq!(a.get("req-3").await.unwrap(), Some(newer.clone()));
-    a.remove("req-4", &producer).await.unwrap();
-    assert_eq!(a.peek("req-4"), None);
-    assert_eq!(b.get("req-4").await.unwrap(), None);
-    assert_eq!(b.get("missing").await.unwrap(), None);
+}
 
-    let c: StateView<RunStateStub> = StateView::start(state_config(&topic), shutdown.clone())
+/// Answers "nothing committed yet" for every partition asked.
+fn nothing_committed(
+    tpl: &TopicPartitionList,
+) -> Result<TopicPartitionList, rdkafka::error::KafkaError> {
+    let mut out = TopicPartitionList::new();
+    for e in tpl.elements() {
+        out.add_partition_offset(e.topic(), e.partition(), Offset::Invalid)?;
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_reads_every_committed_state_waits_for_an_open_transaction_and_skips_its_aborted_writes(
+) {
+    let runs = unique("runs");
+    let input = unique("restore-in");
+    let group = unique("restore-group");
+    create_topic(&runs, 1, true).await;
+    create_topic(&input, 1, false).await;
+    let member = group_member(&input, &group).await;
+    let cgm = member.group_metadata().unwrap();
+    let no_offsets = TopicPartitionList::new();
+    let mut txn = txn_producer(&unique("restore"));
+    for (id, action) in [("r1", "a"), ("r2", "a"), ("r1", "b")] {
+        txn.send(&state_record(&runs, id, action)).unwrap();
+    }
+    let mut gone = state_record(&runs, "r2", "x");
+    gone.payload = None;
+    txn.send(&gone).unwrap();
+    tokio::task::block_in_place(|| txn.commit(&no_offsets, &cgm)).unwrap();
+    // A zombie's transaction, still open when the restore starts.
+    let mut zombie = txn_producer(&unique("zombie"));
+    zombie.send(&state_record(&runs, "r3", "zombie")).unwrap();
+
+    let markers = producer();
+    let restoring = tokio::spawn({
+        let config = restore_config(&runs, &input);
+        async move { restore(config, vec![0], &markers, nothing_committed).await }
+    });
+    // The marker lands after the zombie's records: the restore cannot pass them until the
+    // zombie's transaction is resolved.
+    let early = tokio::time::timeout(Duration::from_secs(2), async {
+        while !restoring.is_finished() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        early.is_err(),
+        "the restore finished past an open transaction"
+    );
+    tokio::task::block_in_place(|| zombie.abort()).unwrap();
+    let restored = tokio::time::timeout(WAIT, restoring)
         .await
+        .expect("restore finished once the transaction was aborted")
+        .unwrap()
         .unwrap();
-    assert_eq!(c.len(), 19);
-    assert_eq!(c.peek("req-3"), Some(newer));
-    assert_eq!(c.peek("req-4"), None);
-    assert_eq!(c.peek("req-7").map(|v| v.version), Some(7));
-    shutdown.cancel();
+
+    assert_eq!(restored.len(), 1);
+    let p = &restored[0];
+    assert_eq!(p.runs.len(), 1, "{:?}", p.runs.keys().collect::<Vec<_>>());
+    assert_eq!(p.runs["r1"].action, "b", "the latest committed value wins");
+    assert!(!p.runs.contains_key("r2"), "a tombstone deletes");
+    assert!(
+        !p.runs.contains_key("r3"),
+        "an aborted write is never restored"
+    );
+    assert!(!p.runs.keys().any(|k| k.as_bytes() == MARKER_KEY));
+    // Nothing committed on the input: consumption starts at its beginning.
+    assert_eq!(p.starts, vec![(TopicPartition::new(&input, 0), 0)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,7 +334,7 @@ async fn ensure_topics_rejects_an_existing_topic_that_is_not_compacted() {
         replication: 1,
         config: vec![("cleanup.policy".into(), "compact".into())],
     };
-    let err = ensure_topics(&bootstrap(), &[spec], Duration::from_secs(30))
+    let err = ensure_topics(&access(), &[spec], Duration::from_secs(30))
         .await
         .unwrap_err();
     assert!(matches!(err, AdminError::NotCompacted { topic: ref t, .. } if *t == topic));

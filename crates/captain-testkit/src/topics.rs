@@ -53,8 +53,12 @@ impl Topics {
     pub async fn create(&self, settings: &Settings) -> anyhow::Result<()> {
         let mut settings = settings.clone();
         self.apply(&mut settings);
+        let access = captain_bridge::kafka::ClusterAccess {
+            bootstrap: settings.kafka.bootstrap_servers.clone(),
+            properties: settings.kafka.properties.clone(),
+        };
         captain_bridge::kafka::ensure_topics(
-            &settings.kafka.bootstrap_servers,
+            &access,
             &captain_bridge::app::topic_specs(&settings),
             Duration::from_secs(30),
         )

@@ -1,0 +1,883 @@
+//! The owner's state machine, driven by its loop and by the consumer's rebalance callbacks:
+//! the run state of the partitions it owns, the events it is processing, the submission jobs
+//! in flight, and the open transaction. Every method is synchronous and quick, except
+//! [`Core::commit`] and the revocation, which block on Kafka and are called off the async
+//! workers.
+//!
+//! Consistency rule: at any moment, the records enqueued in the open transaction are exactly
+//! the effects of the events completed since the last commit, and the offsets it would commit
+//! cover only completed events. So a commit is valid whenever it happens (on the interval, on
+//! revocation, at shutdown), and an abort is undone by restoring the state from Kafka and
+//! consuming again from the committed offsets.
+
+use super::jobs::{JobMessage, JobReports, Submitter};
+use crate::domain::request::{self, derived_request_id, Mode, RejectClass};
+use crate::domain::{
+    apply_callback, apply_submission, plan_launch, CallbackFacts, LaunchPlan, Rejection,
+    RequestInfo, RunResult, RunResultRef, RunState, Submission,
+};
+use crate::intake::CallbackPayload;
+use crate::kafka::{InboundRecord, OffsetTracker, TopicPartition, TxnError, TxnProducer};
+use crate::metrics::Metrics;
+use crate::publish::{Origin, RecordBuilder, H_CHUNK, H_RECEIVED_AT};
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the core is configured with.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The internal requests topic (validated launch requests) and callbacks topic.
+    pub requests_topic: String,
+    pub callbacks_topic: String,
+    /// Submission jobs at once; beyond it launch events wait and the requests partitions pause.
+    pub max_in_flight: usize,
+    /// Batches remembered per run for duplicate detection.
+    pub dedupe_window: usize,
+    /// How long a revocation waits for the jobs of revoked partitions to report.
+    pub revoke_drain: Duration,
+}
+
+/// A submission job in flight.
+struct Job {
+    partition: i32,
+    info: RequestInfo,
+    chunk_count: usize,
+    /// Chunks whose outcome has not been applied yet; their callbacks wait.
+    pending: BTreeSet<u32>,
+    /// Offsets of the launch events this job answers (a redelivery attaches to it).
+    offsets: Vec<i64>,
+    failed: bool,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// One owned, restored partition's run state.
+#[derive(Default)]
+struct Owned {
+    runs: HashMap<String, RunState>,
+    /// Runs known and not final, for the `runs_in_flight` gauge.
+    open_runs: i64,
+}
+
+/// The owner's state.
+pub struct Core {
+    config: CoreConfig,
+    records: RecordBuilder,
+    producer: TxnProducer,
+    metrics: Metrics,
+    submitter: Arc<Submitter>,
+    reports: JobReports,
+    report_rx: Receiver<JobMessage>,
+    /// The partitions of the current assignment; `None` between a revocation and the next
+    /// assignment.
+    assigned: Option<BTreeSet<i32>>,
+    /// Bumped by every assignment change and reset: a restore started before is stale.
+    epoch: u64,
+    /// Partitions whose restore the loop must start.
+    to_restore: Vec<i32>,
+    restoring: BTreeSet<i32>,
+    owned: HashMap<i32, Owned>,
+    trackers: OffsetTracker,
+    /// Next offset to commit, per input partition of the owned partitions.
+    positions: HashMap<TopicPartition, i64>,
+    /// Whether a position moved since the last commit.
+    advanced: bool,
+    /// Requests whose state changed in the open transaction (written once, at commit).
+    dirty: BTreeSet<(i32, String)>,
+    jobs: HashMap<String, Job>,
+    /// Job reports for partitions being restored (or awaiting an assignment).
+    deferred: Vec<JobMessage>,
+    /// Chunk outcomes applied in the open transaction: an abort must not lose what the API said.
+    applied: Vec<JobMessage>,
+    /// Launch events waiting for a job slot.
+    waiting: VecDeque<InboundRecord>,
+    /// Callbacks waiting, per request, for a chunk submission in flight.
+    held: HashMap<String, VecDeque<InboundRecord>>,
+    held_count: usize,
+    /// Receipt times of the callbacks in the open transaction (commit latency).
+    received: Vec<DateTime<Utc>>,
+    stopping: bool,
+}
+
+/// Parts the core is built from.
+pub struct CoreParts {
+    pub config: CoreConfig,
+    pub records: RecordBuilder,
+    pub producer: TxnProducer,
+    pub metrics: Metrics,
+    pub submitter: Arc<Submitter>,
+    pub reports: JobReports,
+    pub report_rx: Receiver<JobMessage>,
+}
+
+impl Core {
+    pub fn new(parts: CoreParts) -> Self {
+        Self {
+            config: parts.config,
+            records: parts.records,
+            producer: parts.producer,
+            metrics: parts.metrics,
+            submitter: parts.submitter,
+            reports: parts.reports,
+            report_rx: parts.report_rx,
+            assigned: None,
+            epoch: 0,
+            to_restore: Vec::new(),
+            restoring: BTreeSet::new(),
+            owned: HashMap::new(),
+            trackers: OffsetTracker::new(),
+            positions: HashMap::new(),
+            advanced: false,
+            dirty: BTreeSet::new(),
+            jobs: HashMap::new(),
+            deferred: Vec::new(),
+            applied: Vec::new(),
+            waiting: VecDeque::new(),
+            held: HashMap::new(),
+            held_count: 0,
+            received: Vec::new(),
+            stopping: false,
+        }
+    }
+
+    // ---- assignment, restore, reset -------------------------------------------------------
+
+    /// A new assignment: its partitions must be restored before any of their records is
+    /// processed (the caller pauses them). Job reports for partitions not assigned any more
+    /// are dropped: the new owner submits those requests again (the API window the README
+    /// names).
+    pub fn assign(&mut self, partitions: BTreeSet<i32>) {
+        self.epoch += 1;
+        self.deferred
+            .retain(|m| partitions.contains(&m.partition()));
+        let lost: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| !partitions.contains(&j.partition))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in lost {
+            if let Some(job) = self.jobs.remove(&id) {
+                tracing::warn!(request_id = %id, partition = job.partition,
+                    "submission still in flight for a partition now owned elsewhere; its new owner submits again");
+                self.metrics.launch_jobs_abandoned.inc();
+            }
+        }
+        self.to_restore = partitions.iter().copied().collect();
+        self.restoring = partitions.clone();
+        self.assigned = Some(partitions);
+        self.metrics
+            .owned_partitions
+            .set(self.assigned.as_ref().map_or(0, |a| a.len() as i64));
+    }
+
+    /// The restore to start now, if any: (epoch, partitions).
+    pub fn take_restore(&mut self) -> Option<(u64, Vec<i32>)> {
+        (!self.to_restore.is_empty()).then(|| (self.epoch, std::mem::take(&mut self.to_restore)))
+    }
+
+    /// Partitions not processed (restoring), both input topics.
+    pub fn restoring(&self) -> Vec<TopicPartition> {
+        self.input_partitions(self.restoring.iter().copied())
+    }
+
+    /// Partitions owned and restored, both input topics.
+    pub fn installed(&self) -> Vec<TopicPartition> {
+        self.input_partitions(self.owned.keys().copied())
+    }
+
+    fn input_partitions(&self, ps: impl Iterator<Item = i32>) -> Vec<TopicPartition> {
+        ps.flat_map(|p| {
+            [
+                TopicPartition::new(&self.config.requests_topic, p),
+                TopicPartition::new(&self.config.callbacks_topic, p),
+            ]
+        })
+        .collect()
+    }
+
+    /// A restore of `epoch` failed: asked again (the partitions stay paused).
+    pub fn restore_failed(&mut self, epoch: u64, partitions: Vec<i32>) {
+        if epoch == self.epoch {
+            self.to_restore.extend(partitions);
+        }
+    }
+
+    /// Installs restored partitions of `epoch` (ignored if the assignment changed since).
+    /// Returns where each of their input partitions starts: the caller seeks there, so records
+    /// fetched before (or in an aborted transaction) are consumed again, once.
+    pub fn install(
+        &mut self,
+        epoch: u64,
+        restored: Vec<super::restore::Restored>,
+    ) -> Vec<(TopicPartition, i64)> {
+        if epoch != self.epoch {
+            return Vec::new();
+        }
+        let mut seeks = Vec::new();
+        for r in restored {
+            if !self.restoring.remove(&r.partition) {
+                continue;
+            }
+            let open: i64 = r
+                .runs
+                .values()
+                .map(|s| crate::domain::decide::open_runs(s) as i64)
+                .sum();
+            self.metrics.runs_in_flight.add(open);
+            self.metrics
+                .state_restore_duration
+                .observe(r.took.as_secs_f64());
+            self.metrics.states_restored.inc_by(r.runs.len() as u64);
+            tracing::info!(
+                partition = r.partition,
+                states = r.runs.len(),
+                records = r.records,
+                took_ms = r.took.as_millis() as u64,
+                "partition restored"
+            );
+            self.owned.insert(
+                r.partition,
+                Owned {
+                    runs: r.runs,
+                    open_runs: open,
+                },
+            );
+            for (tp, start) in r.starts {
+                self.positions.insert(tp.clone(), start);
+                seeks.push((tp, start));
+            }
+        }
+        let deferred = std::mem::take(&mut self.deferred);
+        for message in deferred {
+            self.on_job_message(message);
+        }
+        seeks
+    }
+
+    /// Forgets `partitions`: state, positions, held and waiting events. Their in-flight jobs
+    /// keep running: if the partitions come back, their outcomes are applied after the
+    /// restore; otherwise they are dropped at the next assignment.
+    fn forget(&mut self, partitions: &BTreeSet<i32>) {
+        for p in partitions {
+            if let Some(owned) = self.owned.remove(p) {
+                self.metrics.runs_in_flight.sub(owned.open_runs);
+            }
+            self.restoring.remove(p);
+        }
+        let tps = self.input_partitions(partitions.iter().copied());
+        self.trackers.revoke(&tps);
+        for tp in &tps {
+            self.positions.remove(tp);
+        }
+        self.dirty.retain(|(p, _)| !partitions.contains(p));
+        self.waiting.retain(|r| !partitions.contains(&r.partition));
+        let before = self.held_count;
+        self.held.retain(|_, q| {
+            q.retain(|r| !partitions.contains(&r.partition));
+            !q.is_empty()
+        });
+        self.held_count = self.held.values().map(VecDeque::len).sum();
+        self.metrics
+            .callbacks_held
+            .sub(before as i64 - self.held_count as i64);
+        for job in self.jobs.values_mut() {
+            if partitions.contains(&job.partition) {
+                job.offsets.clear();
+            }
+        }
+        self.received.clear();
+    }
+
+    /// After an aborted transaction: drops everything the transaction held, and restores
+    /// every assigned partition again from what Kafka committed. Chunk outcomes the aborted
+    /// transaction carried are kept to be applied again: the API accepted those runs.
+    pub fn reset(&mut self) {
+        let all: BTreeSet<i32> = self
+            .owned
+            .keys()
+            .chain(self.restoring.iter())
+            .copied()
+            .collect();
+        let replay = std::mem::take(&mut self.applied);
+        self.forget(&all);
+        self.deferred.splice(0..0, replay);
+        self.advanced = false;
+        if let Some(assigned) = self.assigned.clone() {
+            self.epoch += 1;
+            self.to_restore = assigned.iter().copied().collect();
+            self.restoring = assigned;
+        }
+    }
+
+    // ---- records ----------------------------------------------------------------------------
+
+    /// Handles one record of an owner input topic.
+    pub fn on_record(&mut self, record: InboundRecord) {
+        if self.stopping || !self.owned.contains_key(&record.partition) {
+            // Not ours (yet): after the restore, consumption starts again from the
+            // committed offset.
+            return;
+        }
+        let tp = TopicPartition::new(record.topic.clone(), record.partition);
+        if self
+            .positions
+            .get(&tp)
+            .is_some_and(|start| record.offset < *start)
+        {
+            return;
+        }
+        self.trackers.track(&tp, record.offset);
+        if record.topic == self.config.callbacks_topic {
+            self.on_callback(record);
+        } else {
+            self.on_launch(record);
+        }
+    }
+
+    fn complete(&mut self, topic: &str, partition: i32, offset: i64) {
+        let tp = TopicPartition::new(topic, partition);
+        if let Some(position) = self.trackers.complete(&tp, offset) {
+            self.positions.insert(tp, position);
+            self.advanced = true;
+        }
+    }
+
+    fn origin(record: &InboundRecord) -> Origin<'_> {
+        Origin {
+            topic: &record.topic,
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.as_deref(),
+            payload: record.payload.as_deref(),
+            headers: &record.headers,
+        }
+    }
+
+    /// A record of an internal topic that cannot be read: dead-lettered once, then passed.
+    fn dead_letter(&mut self, record: &InboundRecord, reason: String) {
+        tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset,
+            reason, "unreadable internal record dead-lettered");
+        let key = record
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_else(|| derived_request_id(&record.topic, record.partition, record.offset));
+        let rejection = Rejection {
+            class: RejectClass::InvalidRecord,
+            message: reason,
+        };
+        let dl = self
+            .records
+            .dead_letter(&Self::origin(record), &rejection, &key);
+        self.send(&dl);
+        self.complete(&record.topic.clone(), record.partition, record.offset);
+    }
+
+    /// Enqueues `record` in the open transaction. A failure is noted by the producer and
+    /// fails the commit, which aborts and redoes everything since the last one.
+    fn send(&mut self, record: &crate::kafka::OutRecord) {
+        if let Err(e) = self.producer.send(record) {
+            tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "record not enqueued in the transaction");
+            self.producer.poison();
+        }
+    }
+
+    // ---- launches ---------------------------------------------------------------------------
+
+    fn on_launch(&mut self, record: InboundRecord) {
+        if self.jobs.len() >= self.config.max_in_flight.max(1) {
+            self.waiting.push_back(record);
+            return;
+        }
+        self.start_launch(record);
+    }
+
+    fn start_launch(&mut self, record: InboundRecord) {
+        let fallback = derived_request_id(&record.topic, record.partition, record.offset);
+        let request =
+            match request::parse_json(record.payload.as_deref().unwrap_or_default(), &fallback) {
+                Ok(r) => r,
+                Err(rejection) => {
+                    return self
+                        .dead_letter(&record, format!("launch request unreadable: {rejection}"));
+                }
+            };
+        let (p, offset) = (record.partition, record.offset);
+        if let Some(job) = self.jobs.get_mut(&request.request_id) {
+            // A redelivery (after a rebalance or an abort) while its submission is in flight.
+            job.offsets.push(offset);
+            return;
+        }
+        let size = self.submitter.chunk_size(request.mode).max(1);
+        let chunk_count = request.inputs.len().div_ceil(size);
+        let Some(owned) = self.owned.get_mut(&p) else {
+            return;
+        };
+        match plan_launch(owned.runs.get(&request.request_id), chunk_count) {
+            LaunchPlan::AlreadySubmitted => {
+                tracing::info!(request_id = %request.request_id, "request already submitted; not submitting again");
+                self.metrics
+                    .launches
+                    .with_label_values(&["already_submitted"])
+                    .inc();
+                let topic = record.topic.clone();
+                self.complete(&topic, p, offset);
+            }
+            LaunchPlan::Submit(chunks) => {
+                let info = RequestInfo {
+                    request_id: request.request_id.clone(),
+                    action: request.action.clone(),
+                    mode: request.mode,
+                    metadata: request.metadata.clone(),
+                };
+                owned
+                    .runs
+                    .entry(request.request_id.clone())
+                    .or_insert_with(|| {
+                        RunState::new(
+                            &info.request_id,
+                            &info.action,
+                            info.mode,
+                            info.metadata.clone(),
+                            chunk_count,
+                        )
+                    });
+                let handle = self
+                    .submitter
+                    .spawn(request, p, chunks.clone(), self.reports.clone());
+                self.metrics.launches_in_flight.inc();
+                self.jobs.insert(
+                    info.request_id.clone(),
+                    Job {
+                        partition: p,
+                        info,
+                        chunk_count,
+                        pending: chunks.into_iter().collect(),
+                        offsets: vec![offset],
+                        failed: false,
+                        handle,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Applies every job report received so far.
+    pub fn drain_reports(&mut self) {
+        while let Ok(message) = self.report_rx.try_recv() {
+            self.on_job_message(message);
+        }
+    }
+
+    fn on_job_message(&mut self, message: JobMessage) {
+        let p = message.partition();
+        if !self.owned.contains_key(&p) {
+            let may_come = self.assigned.as_ref().is_none_or(|a| a.contains(&p));
+            if may_come {
+                self.deferred.push(message);
+            } else if let JobMessage::Done { request_id, .. } = message {
+                self.finish_job(&request_id);
+            }
+            return;
+        }
+        match message {
+            JobMessage::Chunk {
+                request_id,
+                partition,
+                chunk,
+                outcome,
+            } => {
+                self.apply_chunk(&request_id, partition, chunk, &outcome);
+                self.applied.push(JobMessage::Chunk {
+                    request_id: request_id.clone(),
+                    partition,
+                    chunk,
+                    outcome,
+                });
+                self.release(&request_id);
+            }
+            JobMessage::Done { request_id, .. } => {
+                let offsets = self.finish_job(&request_id);
+                let topic = self.config.requests_topic.clone();
+                for offset in offsets {
+                    self.complete(&topic, p, offset);
+                }
+                self.release(&request_id);
+                self.start_waiting();
+            }
+        }
+    }
+
+    /// Removes a finished job; returns the launch offsets it answered.
+    fn finish_job(&mut self, request_id: &str) -> Vec<i64> {
+        let Some(job) = self.jobs.remove(request_id) else {
+            return Vec::new();
+        };
+        self.metrics.launches_in_flight.dec();
+        let outcome = if job.failed {
+            "submit_failed"
+        } else {
+            "submitted"
+        };
+        if !job.offsets.is_empty() {
+            self.metrics.launches.with_label_values(&[outcome]).inc();
+        }
+        job.offsets
+    }
+
+    fn apply_chunk(&mut self, request_id: &str, partition: i32, chunk: u32, outcome: &Submission) {
+        let job = self.jobs.get_mut(request_id);
+        let info = job.as_ref().map(|j| (j.info.clone(), j.chunk_count));
+        if let Some(job) = job {
+            job.pending.remove(&chunk);
+            job.failed |= matches!(outcome, Submission::Failed(_));
+        }
+        let Some(owned) = self.owned.get_mut(&partition) else {
+            return;
+        };
+        let state = match (owned.runs.get_mut(request_id), info.as_ref()) {
+            (Some(state), _) => state,
+            (None, Some((info, chunks))) => {
+                owned.runs.entry(request_id.to_owned()).or_insert_with(|| {
+                    RunState::new(
+                        &info.request_id,
+                        &info.action,
+                        info.mode,
+                        info.metadata.clone(),
+                        *chunks,
+                    )
+                })
+            }
+            (None, None) => {
+                tracing::warn!(
+                    request_id,
+                    chunk,
+                    "submission outcome for a request with no state; recorded without metadata"
+                );
+                owned.runs.entry(request_id.to_owned()).or_insert_with(|| {
+                    RunState::new(request_id, "", Mode::Async, Default::default(), 0)
+                })
+            }
+        };
+        let info = info.map(|(i, _)| i).unwrap_or_else(|| RequestInfo {
+            request_id: state.request_id.clone(),
+            action: state.action.clone(),
+            mode: state.mode,
+            metadata: state.metadata.clone(),
+        });
+        let effects = apply_submission(state, &info, chunk, outcome.clone(), Utc::now());
+        owned.open_runs += effects.open_runs;
+        self.metrics.runs_in_flight.add(effects.open_runs);
+        if let Some(event) = effects.status {
+            let record = self.records.status(&event);
+            self.send(&record);
+        }
+        self.dirty.insert((partition, request_id.to_owned()));
+    }
+
+    fn start_waiting(&mut self) {
+        while self.jobs.len() < self.config.max_in_flight.max(1) {
+            let Some(record) = self.waiting.pop_front() else {
+                break;
+            };
+            self.start_launch(record);
+        }
+    }
+
+    /// Launch events waiting for a slot: the caller pauses the requests partitions when they
+    /// reach `max_in_flight`, and resumes them when a quarter remain.
+    pub fn launches_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn jobs_in_flight(&self) -> usize {
+        self.jobs.len()
+    }
+
+    // ---- callbacks --------------------------------------------------------------------------
+
+    fn on_callback(&mut self, record: InboundRecord) {
+        let Some(request_id) = record
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+        else {
+            return self.dead_letter(&record, "callback record without a key".into());
+        };
+        let chunk = match header(&record, H_CHUNK).and_then(|v| v.parse::<u32>().ok()) {
+            Some(c) => c,
+            None => {
+                return self.dead_letter(
+                    &record,
+                    format!("callback record without a valid {H_CHUNK} header"),
+                )
+            }
+        };
+        let waits = self.held.contains_key(&request_id)
+            || self
+                .jobs
+                .get(&request_id)
+                .is_some_and(|j| j.pending.contains(&chunk));
+        if waits {
+            // Its chunk's submission answer is not applied yet: CREATED goes first.
+            self.held.entry(request_id).or_default().push_back(record);
+            self.held_count += 1;
+            self.metrics.callbacks_held.inc();
+            return;
+        }
+        self.apply_callback_record(&request_id, chunk, &record);
+    }
+
+    /// Processes the held callbacks of `request_id` that no longer wait, in order.
+    fn release(&mut self, request_id: &str) {
+        loop {
+            let pending = self.jobs.get(request_id).map(|j| j.pending.clone());
+            let Some(queue) = self.held.get_mut(request_id) else {
+                return;
+            };
+            let next_chunk = queue
+                .front()
+                .and_then(|r| header(r, H_CHUNK))
+                .and_then(|v| v.parse::<u32>().ok());
+            if next_chunk.is_some_and(|c| pending.as_ref().is_some_and(|p| p.contains(&c))) {
+                return;
+            }
+            let Some(record) = queue.pop_front() else {
+                self.held.remove(request_id);
+                return;
+            };
+            if queue.is_empty() {
+                self.held.remove(request_id);
+            }
+            self.held_count -= 1;
+            self.metrics.callbacks_held.dec();
+            self.apply_callback_record(request_id, next_chunk.unwrap_or(0), &record);
+        }
+    }
+
+    fn apply_callback_record(&mut self, request_id: &str, chunk: u32, record: &InboundRecord) {
+        let received_at = header(record, H_RECEIVED_AT)
+            .and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
+            .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+        let body = record.payload.as_deref().unwrap_or_default();
+        let payload = match CallbackPayload::parse(body) {
+            Ok(p) => p,
+            Err(e) => return self.dead_letter(record, format!("callback body unreadable: {e}")),
+        };
+        let p = record.partition;
+        let Some(owned) = self.owned.get_mut(&p) else {
+            return;
+        };
+        let state = owned.runs.entry(request_id.to_owned()).or_insert_with(|| {
+            // A valid token proves the request is ours; its state is gone (deleted, or another
+            // deployment's). Publish what the callback itself carries.
+            tracing::warn!(
+                request_id,
+                run_uid = payload.run.run_uid,
+                "callback for a request with no run state"
+            );
+            RunState::new(request_id, "", Mode::Async, Default::default(), 0)
+        });
+        let facts = CallbackFacts {
+            chunk,
+            run_uid: payload.run.run_uid,
+            batch_uid: payload.run.batch_uid,
+            status: payload.run.status,
+            error: payload.error.as_ref(),
+            results: payload.results.len(),
+        };
+        let out = apply_callback(state, &facts, self.config.dedupe_window, received_at);
+        owned.open_runs += out.effects.open_runs;
+        self.metrics.runs_in_flight.add(out.effects.open_runs);
+        let mut outputs = Vec::with_capacity(payload.results.len() + 1);
+        if !out.duplicate {
+            for (index, item) in payload.results.iter().enumerate() {
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                outputs.push(self.records.result_ref(&RunResultRef {
+                    result_id: RunResult::result_id(
+                        payload.run.run_uid,
+                        payload.run.batch_uid,
+                        index,
+                    ),
+                    request_id,
+                    run_uid: payload.run.run_uid,
+                    batch_uid: payload.run.batch_uid,
+                    index,
+                    action: &state.action,
+                    input: payload.input,
+                    custom_data: payload.custom_data,
+                    result: item,
+                    received_at,
+                    metadata: &state.metadata,
+                }));
+            }
+        }
+        // Results first: a consumer that sees the final status has the batch's results.
+        if let Some(event) = &out.effects.status {
+            outputs.push(self.records.status(event));
+        }
+        let outcome = if out.duplicate {
+            "duplicate"
+        } else {
+            "published"
+        };
+        self.metrics
+            .callbacks_processed
+            .with_label_values(&[outcome])
+            .inc();
+        for r in &outputs {
+            self.send(r);
+        }
+        self.dirty.insert((p, request_id.to_owned()));
+        self.received.push(received_at);
+        let topic = record.topic.clone();
+        self.complete(&topic, p, record.offset);
+    }
+
+    // ---- transactions -----------------------------------------------------------------------
+
+    /// Whether a commit has anything to do.
+    pub fn commit_due(&self) -> bool {
+        self.producer.is_open() || self.advanced || !self.dirty.is_empty()
+    }
+
+    /// Writes the changed states, then commits the open transaction with the positions of
+    /// every owned partition (so even a transaction of timer-driven records is fenced by the
+    /// group generation). Blocking. On failure the caller recovers with [`Core::recover`].
+    pub fn commit(&mut self, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
+        if !self.commit_due() {
+            return Ok(());
+        }
+        for (p, request_id) in std::mem::take(&mut self.dirty) {
+            if let Some(state) = self.owned.get(&p).and_then(|o| o.runs.get(&request_id)) {
+                let record = self.records.state(state);
+                self.send(&record);
+            }
+        }
+        self.producer.begin()?;
+        let mut offsets = TopicPartitionList::new();
+        let mut owned: Vec<i32> = self.owned.keys().copied().collect();
+        owned.sort_unstable();
+        for tp in self.input_partitions(owned.into_iter()) {
+            if let Some(position) = self.positions.get(&tp) {
+                // An offset that cannot be added is a bug; the commit without it stays valid.
+                let _ = offsets.add_partition_offset(
+                    &tp.topic,
+                    tp.partition,
+                    Offset::Offset(*position),
+                );
+            }
+        }
+        self.producer.commit(&offsets, group)?;
+        self.advanced = false;
+        self.applied.clear();
+        let now = Utc::now();
+        for at in self.received.drain(..) {
+            let seconds = (now - at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            self.metrics
+                .callback_commit_latency
+                .observe(seconds.max(0.0));
+        }
+        Ok(())
+    }
+
+    /// After a failed commit: abort (or replace the producer when it is unusable), then
+    /// restore every partition from what Kafka committed. `rebuild` makes a new producer.
+    pub fn recover(
+        &mut self,
+        error: &TxnError,
+        rebuild: impl FnOnce() -> Result<TxnProducer, TxnError>,
+    ) -> Result<(), TxnError> {
+        tracing::warn!(error = %crate::telemetry::ErrorChain(error), "transaction failed; aborting and restoring from Kafka");
+        let aborted = match error {
+            TxnError::Fatal(_) => Err(()),
+            _ => self.producer.abort().map_err(|e| {
+                tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "abort failed; replacing the producer");
+            }),
+        };
+        if aborted.is_err() {
+            // A new producer with the same transactional.id fences the old one and aborts
+            // whatever it had open.
+            self.producer = rebuild()?;
+        }
+        self.reset();
+        Ok(())
+    }
+
+    // ---- revocation and shutdown ------------------------------------------------------------
+
+    /// Partitions revoked (with eager rebalancing, all of them). Waits up to `revoke_drain`
+    /// for their jobs' reports, commits what is done (unless the assignment was lost: then it
+    /// aborts, since a commit would be refused), and forgets them. Blocking.
+    pub fn revoke(&mut self, group: Option<&ConsumerGroupMetadata>, lost: bool) {
+        let revoked: BTreeSet<i32> = self.assigned.take().unwrap_or_default();
+        self.epoch += 1;
+        if !lost {
+            self.drain_jobs(&revoked, self.config.revoke_drain);
+        }
+        let committed = match (lost, group) {
+            (false, Some(group)) => self.commit(group).map_err(|e| {
+                tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "commit on revocation failed; its work is redone by the next owner");
+            }),
+            _ => Err(()),
+        };
+        if committed.is_err() {
+            if let Err(e) = self.producer.abort() {
+                tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "abort on revocation failed");
+            }
+            self.applied.clear();
+        }
+        self.forget(&revoked);
+        self.to_restore.clear();
+        self.metrics.owned_partitions.set(0);
+    }
+
+    /// Applies job reports until no job of `partitions` is in flight, or `limit` passed.
+    fn drain_jobs(&mut self, partitions: &BTreeSet<i32>, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        self.drain_reports();
+        while self
+            .jobs
+            .values()
+            .any(|j| partitions.contains(&j.partition))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.report_rx.recv_timeout(left) {
+                Ok(message) => self.on_job_message(message),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Stops taking records; jobs in flight still report.
+    pub fn stop_taking(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Aborts the jobs still running (past the drain deadline): their requests are submitted
+    /// again after restart.
+    pub fn abort_jobs(&mut self) {
+        for (request_id, job) in self.jobs.drain() {
+            tracing::warn!(%request_id, "drain deadline reached; submission abandoned, redone after restart");
+            job.handle.abort();
+            self.metrics.launches_in_flight.dec();
+            self.metrics.launch_jobs_abandoned.inc();
+        }
+    }
+}
+
+fn header(record: &InboundRecord, name: &str) -> Option<String> {
+    record
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}
