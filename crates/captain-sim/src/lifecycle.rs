@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::config::{OutcomesConfig, ResultsConfig};
+use crate::config::{OutcomesConfig, ResultsConfig, RuntimeConfig};
 use crate::delivery::{deliver, DeliveryCtx};
 use crate::error::{ApiError, ErrorScope};
 use crate::generate::{generate, rng_for};
@@ -224,184 +224,216 @@ struct Driver {
     echoed_inputs: Vec<Value>,
 }
 
+/// Why a run task stopped before its end: every wait and send of the driver answers this, so
+/// `?` ends the task wherever it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Aborted {
+    #[error("the simulator is shutting down")]
+    Shutdown,
+    #[error("the run is no longer stored")]
+    RunGone,
+}
+
+/// One phase of a run: done, or aborted.
+type Step = Result<(), Aborted>;
+
+/// The final status of a run and the error its final callback carries.
+type Ending = (RunStatus, Option<ApiError>);
+
 async fn drive(state: Arc<SimState>, uid: Uuid, seq: u64, owner: Owner, request: Arc<RunRequest>) {
     let runtime = state.runtime();
-    let ctx = request.callback.as_ref().map(|target| DeliveryCtx {
-        run_uid: uid,
-        workspace_uid: owner.workspace_uid,
-        target: Arc::new(target.clone()),
-    });
-    let echoed_inputs = request
-        .inputs
-        .iter()
-        .map(|input| match input {
-            Value::Object(map) => Value::Object(
-                map.iter()
-                    .filter(|(k, _)| k.as_str() != "custom_data")
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
-            other => other.clone(),
-        })
-        .collect();
-    let mut driver = Driver {
-        echoed_inputs,
-        rng: rng_for(state.config.seed, &[seq, 0x5eed]),
-        state,
-        uid,
-        seq,
-        request,
-        ctx,
-    };
-    let t = &runtime.timings;
-    if !driver
-        .state
-        .sleep(driver.state.clock.real_ms(t.queued_after_ms))
-        .await
-    {
-        return;
+    let mut driver = Driver::new(state, uid, seq, owner, request);
+    if let Err(aborted) = driver.run(&runtime).await {
+        tracing::debug!(run_uid = %uid, %aborted, "run task stopped early");
     }
-    driver.set_status(RunStatus::Queued, None);
-    if !driver
-        .state
-        .sleep(driver.state.clock.real_ms(t.start_after_ms))
-        .await
-    {
-        return;
-    }
-    driver.set_status(RunStatus::Running, None);
+}
 
-    let outcome = pick_outcome(&runtime.outcomes, &mut driver.rng);
-    let mut items = driver.plan(outcome, &runtime.outcomes, &runtime.results);
-    let failed_inputs = items
-        .iter()
-        .filter(|i| matches!(i, Item::InputError { .. }))
-        .count();
-    let cut = match outcome {
-        Outcome::Failed | Outcome::Blocked | Outcome::Stopped => {
-            let pages = items.len();
-            driver.rng.random_range(0..=pages / 2)
+impl Driver {
+    fn new(
+        state: Arc<SimState>,
+        uid: Uuid,
+        seq: u64,
+        owner: Owner,
+        request: Arc<RunRequest>,
+    ) -> Self {
+        let ctx = request.callback.as_ref().map(|target| DeliveryCtx {
+            run_uid: uid,
+            workspace_uid: owner.workspace_uid,
+            target: Arc::new(target.clone()),
+        });
+        let echoed_inputs = request
+            .inputs
+            .iter()
+            .map(|input| match input {
+                Value::Object(map) => Value::Object(
+                    map.iter()
+                        .filter(|(k, _)| k.as_str() != "custom_data")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
+                other => other.clone(),
+            })
+            .collect();
+        Driver {
+            echoed_inputs,
+            rng: rng_for(state.config.seed, &[seq, 0x5eed]),
+            state,
+            uid,
+            seq,
+            request,
+            ctx,
         }
-        _ => items.len(),
-    };
-    if outcome == Outcome::Failed {
-        items.truncate(cut);
     }
 
-    if let Outcome::Blocked | Outcome::Stopped = outcome {
+    /// The whole run. The seeded draws happen in a fixed order (outcome, plan, cut, shuffle,
+    /// then each delivery's faults), which is what makes the n-th run's fate reproducible.
+    async fn run(&mut self, runtime: &RuntimeConfig) -> Step {
+        self.queue(runtime.timings.queued_after_ms).await?;
+        self.start(runtime.timings.start_after_ms).await?;
+        let outcome = pick_outcome(&runtime.outcomes, &mut self.rng);
+        let items = self.plan(outcome, &runtime.outcomes, &runtime.results);
+        match outcome {
+            Outcome::Blocked | Outcome::Stopped => {
+                self.block_then_resume(outcome, items, runtime).await
+            }
+            Outcome::Succeeded | Outcome::Partial | Outcome::Failed => {
+                self.complete(outcome, items, runtime).await
+            }
+        }
+    }
+
+    /// CREATED -> QUEUED.
+    async fn queue(&mut self, after_ms: u64) -> Step {
+        self.pause_ms(after_ms).await?;
+        self.set_status(RunStatus::Queued, None)
+    }
+
+    /// QUEUED -> RUNNING (at the start, and after a resume).
+    async fn start(&mut self, after_ms: u64) -> Step {
+        self.pause_ms(after_ms).await?;
+        self.set_status(RunStatus::Running, None)
+    }
+
+    /// A seeded cut point: how many items go out before a failure or a block.
+    fn cut(&mut self, items: &[Item]) -> usize {
+        self.rng.random_range(0..=items.len() / 2)
+    }
+
+    /// Sends pages (and the error callbacks of failing inputs), then the final callback;
+    /// shuffled when the out-of-order fault hits.
+    async fn complete(
+        &mut self,
+        outcome: Outcome,
+        mut items: Vec<Item>,
+        runtime: &RuntimeConfig,
+    ) -> Step {
+        let failed_inputs = items
+            .iter()
+            .filter(|i| matches!(i, Item::InputError { .. }))
+            .count();
+        if outcome == Outcome::Failed {
+            let cut = self.cut(&items);
+            items.truncate(cut);
+        }
+        let (status, error) = self.ending(outcome, failed_inputs);
+        let interval = runtime.timings.page_interval_ms;
+        let faults = &runtime.faults;
+        let shuffled = faults.callback_out_of_order_rate > 0.0
+            && self.rng.random_bool(faults.callback_out_of_order_rate);
+        if shuffled {
+            // The final callback joins the shuffle: it may arrive before pages.
+            items.push(Item::Final);
+            items.shuffle(&mut self.rng);
+            self.mark_final(status, error.as_ref())?;
+            for item in items {
+                self.send_item(item, interval, status, error.as_ref())
+                    .await?;
+            }
+            return Ok(());
+        }
+        self.send_pages(&items, interval).await?;
+        self.finish(status, error.as_ref()).await
+    }
+
+    /// The final status and error of a run that completes on its own.
+    fn ending(&self, outcome: Outcome, failed_inputs: usize) -> Ending {
+        let uid = self.uid;
+        match outcome {
+            Outcome::Failed => (
+                RunStatus::Failed,
+                Some(
+                    ApiError::new(
+                        axum::http::StatusCode::FAILED_DEPENDENCY,
+                        "NO_RESULT",
+                        format!("run {uid} failed (simulated outcome)"),
+                    )
+                    .scope(ErrorScope::Integ),
+                ),
+            ),
+            Outcome::Partial => (
+                RunStatus::PartialSucceeded,
+                Some(
+                    ApiError::new(
+                        axum::http::StatusCode::FAILED_DEPENDENCY,
+                        "PARTIAL_FAILURE",
+                        format!(
+                            "{failed_inputs} of {} inputs failed",
+                            self.request.inputs.len()
+                        ),
+                    )
+                    .scope(ErrorScope::Input),
+                ),
+            ),
+            _ => (RunStatus::Succeeded, None),
+        }
+    }
+
+    /// Sends a cut of the pages, blocks (or stops) with a callback saying so, waits for a
+    /// resume, then sends the rest and succeeds.
+    async fn block_then_resume(
+        &mut self,
+        outcome: Outcome,
+        mut items: Vec<Item>,
+        runtime: &RuntimeConfig,
+    ) -> Step {
+        let cut = self.cut(&items);
+        let rest = items.split_off(cut);
+        self.send_pages(&items, runtime.timings.page_interval_ms)
+            .await?;
+        let notify = self.block(outcome).await?;
+        self.wait_resume(&notify).await?;
+        self.start(self.state.runtime().timings.start_after_ms)
+            .await?;
+        self.send_pages(&rest, self.state.runtime().timings.page_interval_ms)
+            .await?;
+        self.finish(RunStatus::Succeeded, None).await
+    }
+
+    /// Sets BLOCKED or STOPPED with its `last_error` and resume handle, then sends the
+    /// callback that says so; answers the handle a resume will notify.
+    async fn block(&mut self, outcome: Outcome) -> Result<Arc<Notify>, Aborted> {
         let (status, label) = if outcome == Outcome::Blocked {
             (RunStatus::Blocked, "BLOCKED")
         } else {
             (RunStatus::Stopped, "STOPPED")
         };
-        let rest = items.split_off(cut);
-        if !driver
-            .run_items(&items, runtime.timings.page_interval_ms)
-            .await
-        {
-            return;
-        }
         let error = ApiError::new(
             axum::http::StatusCode::FAILED_DEPENDENCY,
             label,
             format!(
-                "run {uid} was {} by the simulator; resume it to continue",
+                "run {} was {} by the simulator; resume it to continue",
+                self.uid,
                 label.to_lowercase()
             ),
         )
         .scope(ErrorScope::Integ);
         let notify = Arc::new(Notify::new());
-        driver.set_status(status, Some((&error, Some(notify.clone()))));
-        if !driver.send_status(status, Some(error.body_json())).await {
-            return;
-        }
-        if !driver.state.wait(&notify).await {
-            return;
-        }
-        if !driver
-            .state
-            .sleep(
-                driver
-                    .state
-                    .clock
-                    .real_ms(driver.state.runtime().timings.start_after_ms),
-            )
-            .await
-        {
-            return;
-        }
-        driver.set_status(RunStatus::Running, None);
-        if !driver
-            .run_items(&rest, driver.state.runtime().timings.page_interval_ms)
-            .await
-        {
-            return;
-        }
-        driver.finish(RunStatus::Succeeded, None).await;
-        return;
+        self.set_status(status, Some((&error, Some(notify.clone()))))?;
+        self.send(status, None, Some(error.body_json()), &[])
+            .await?;
+        Ok(notify)
     }
 
-    let (final_status, final_error) = match outcome {
-        Outcome::Failed => (
-            RunStatus::Failed,
-            Some(
-                ApiError::new(
-                    axum::http::StatusCode::FAILED_DEPENDENCY,
-                    "NO_RESULT",
-                    format!("run {uid} failed (simulated outcome)"),
-                )
-                .scope(ErrorScope::Integ),
-            ),
-        ),
-        Outcome::Partial => (
-            RunStatus::PartialSucceeded,
-            Some(
-                ApiError::new(
-                    axum::http::StatusCode::FAILED_DEPENDENCY,
-                    "PARTIAL_FAILURE",
-                    format!(
-                        "{failed_inputs} of {} inputs failed",
-                        driver.request.inputs.len()
-                    ),
-                )
-                .scope(ErrorScope::Input),
-            ),
-        ),
-        _ => (RunStatus::Succeeded, None),
-    };
-    let faults = &runtime.faults;
-    let shuffled = faults.callback_out_of_order_rate > 0.0
-        && driver.rng.random_bool(faults.callback_out_of_order_rate);
-    if shuffled {
-        // The final callback joins the shuffle: it may arrive before pages.
-        items.push(Item::Final);
-        items.shuffle(&mut driver.rng);
-        driver.mark_final(final_status, final_error.as_ref());
-        for item in &items {
-            if !driver
-                .run_item(
-                    *item,
-                    runtime.timings.page_interval_ms,
-                    final_status,
-                    final_error.as_ref(),
-                )
-                .await
-            {
-                return;
-            }
-        }
-        return;
-    }
-    if !driver
-        .run_items(&items, runtime.timings.page_interval_ms)
-        .await
-    {
-        return;
-    }
-    driver.finish(final_status, final_error.as_ref()).await;
-}
-
-impl Driver {
     fn plan(
         &mut self,
         outcome: Outcome,
@@ -443,25 +475,22 @@ impl Driver {
         items
     }
 
-    async fn run_items(&mut self, items: &[Item], interval_ms: u64) -> bool {
+    /// Pages per input (and input errors), in order, each after its production time.
+    async fn send_pages(&mut self, items: &[Item], interval_ms: u64) -> Step {
         for item in items {
-            if !self
-                .run_item(*item, interval_ms, RunStatus::Running, None)
-                .await
-            {
-                return false;
-            }
+            self.send_item(*item, interval_ms, RunStatus::Running, None)
+                .await?;
         }
-        true
+        Ok(())
     }
 
-    async fn run_item(
+    async fn send_item(
         &mut self,
         item: Item,
         interval_ms: u64,
         final_status: RunStatus,
         final_error: Option<&ApiError>,
-    ) -> bool {
+    ) -> Step {
         match item {
             Item::Page {
                 input,
@@ -469,13 +498,7 @@ impl Driver {
                 start,
                 count,
             } => {
-                if !self
-                    .state
-                    .sleep(self.state.clock.real_ms(interval_ms))
-                    .await
-                {
-                    return false;
-                }
+                self.pause_ms(interval_ms).await?;
                 let spec = &self.state.spec;
                 let action = &self.request.action;
                 let results: Vec<Value> = (start..start + count)
@@ -489,13 +512,7 @@ impl Driver {
                     .await
             }
             Item::InputError { input } => {
-                if !self
-                    .state
-                    .sleep(self.state.clock.real_ms(interval_ms))
-                    .await
-                {
-                    return false;
-                }
+                self.pause_ms(interval_ms).await?;
                 let error = ApiError::new(
                     axum::http::StatusCode::FAILED_DEPENDENCY,
                     "NO_RESULT",
@@ -523,15 +540,33 @@ impl Driver {
         }
     }
 
+    /// Sleeps `sim_ms` simulated milliseconds.
+    async fn pause_ms(&self, sim_ms: u64) -> Step {
+        if self.state.sleep(self.state.clock.real_ms(sim_ms)).await {
+            Ok(())
+        } else {
+            Err(Aborted::Shutdown)
+        }
+    }
+
+    /// Waits for a resume.
+    async fn wait_resume(&self, notify: &Notify) -> Step {
+        if self.state.wait(notify).await {
+            Ok(())
+        } else {
+            Err(Aborted::Shutdown)
+        }
+    }
+
     async fn send(
         &mut self,
         status: RunStatus,
         input: Option<usize>,
         error: Option<Value>,
         results: &[Value],
-    ) -> bool {
+    ) -> Step {
         let Some(ctx) = self.ctx.clone() else {
-            return !self.state.is_shutting_down();
+            return self.alive();
         };
         let input_value = input.and_then(|i| self.echoed_inputs.get(i));
         let custom_data = input
@@ -553,56 +588,71 @@ impl Driver {
         let body = match serde_json::to_vec(&payload) {
             Ok(body) => Bytes::from(body),
             Err(error) => {
+                // Not reachable with JSON values; the run cannot go on without its payload.
                 tracing::error!(%error, "cannot serialize callback payload");
-                return false;
+                return Err(Aborted::RunGone);
             }
         };
         deliver(&self.state, &ctx, batch_uid, body, &mut self.rng).await;
-        !self.state.is_shutting_down()
+        self.alive()
     }
 
-    async fn send_status(&mut self, status: RunStatus, error: Option<Value>) -> bool {
-        self.send(status, None, error, &[]).await
+    fn alive(&self) -> Step {
+        if self.state.is_shutting_down() {
+            Err(Aborted::Shutdown)
+        } else {
+            Ok(())
+        }
     }
 
-    fn set_status(&self, status: RunStatus, blocked: Option<(&ApiError, Option<Arc<Notify>>)>) {
+    fn set_status(
+        &self,
+        status: RunStatus,
+        blocked: Option<(&ApiError, Option<Arc<Notify>>)>,
+    ) -> Step {
         let now = self.state.clock.now();
-        self.state.store.with_run(self.uid, |run| {
-            run.status = status;
-            run.updated_at = Some(now);
-            if status == RunStatus::Running && run.started_at.is_none() {
-                run.started_at = Some(now);
-            }
-            if let Some((error, notify)) = blocked {
-                run.last_error = Some(RunError {
-                    label: error.label.to_owned(),
-                    message: error.message.clone(),
-                });
-                run.resume = notify;
-            }
-        });
+        self.state
+            .store
+            .with_run(self.uid, |run| {
+                run.status = status;
+                run.updated_at = Some(now);
+                if status == RunStatus::Running && run.started_at.is_none() {
+                    run.started_at = Some(now);
+                }
+                if let Some((error, notify)) = blocked {
+                    run.last_error = Some(RunError {
+                        label: error.label.to_owned(),
+                        message: error.message.clone(),
+                    });
+                    run.resume = notify;
+                }
+            })
+            .ok_or(Aborted::RunGone)
     }
 
-    fn mark_final(&self, status: RunStatus, error: Option<&ApiError>) {
+    fn mark_final(&self, status: RunStatus, error: Option<&ApiError>) -> Step {
         let now = self.state.clock.now();
-        self.state.store.with_run(self.uid, |run| {
-            run.status = status;
-            run.updated_at = Some(now);
-            run.finished_at = Some(now);
-            if let Some(error) = error {
-                run.last_error = Some(RunError {
-                    label: error.label.to_owned(),
-                    message: error.message.clone(),
-                });
-            }
-        });
+        self.state
+            .store
+            .with_run(self.uid, |run| {
+                run.status = status;
+                run.updated_at = Some(now);
+                run.finished_at = Some(now);
+                if let Some(error) = error {
+                    run.last_error = Some(RunError {
+                        label: error.label.to_owned(),
+                        message: error.message.clone(),
+                    });
+                }
+            })
+            .ok_or(Aborted::RunGone)
     }
 
     /// Sets the final status, then sends the final callback (so a receiver reading the run on
     /// receipt of the final callback sees the same status).
-    async fn finish(&mut self, status: RunStatus, error: Option<&ApiError>) {
-        self.mark_final(status, error);
+    async fn finish(&mut self, status: RunStatus, error: Option<&ApiError>) -> Step {
+        self.mark_final(status, error)?;
         self.send(status, None, error.map(ApiError::body_json), &[])
-            .await;
+            .await
     }
 }
