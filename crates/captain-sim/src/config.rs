@@ -208,6 +208,8 @@ impl RuntimeConfig {
             o.failed,
             o.blocked,
             o.stopped,
+            o.stalled_running,
+            o.stalled_blocked,
         ];
         if weights.iter().any(|w| !w.is_finite() || *w < 0.0) || weights.iter().sum::<f64>() <= 0.0
         {
@@ -271,6 +273,12 @@ pub struct OutcomesConfig {
     pub blocked: f64,
     /// The run stops at STOPPED until `POST /runs/{uid}/resume`.
     pub stopped: f64,
+    /// The run stays RUNNING after a seeded share of its pages (none to all) until
+    /// `POST /_sim/runs/{uid}/finish`.
+    pub stalled_running: f64,
+    /// The run stays BLOCKED (blocking again after each resume) until
+    /// `POST /_sim/runs/{uid}/finish`.
+    pub stalled_blocked: f64,
     /// In a PARTIAL_SUCCEEDED run, the probability that an input fails (at least one does).
     pub input_failure_rate: f64,
 }
@@ -283,6 +291,8 @@ impl Default for OutcomesConfig {
             failed: 0.0,
             blocked: 0.0,
             stopped: 0.0,
+            stalled_running: 0.0,
+            stalled_blocked: 0.0,
             input_failure_rate: 0.5,
         }
     }

@@ -13,6 +13,9 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -23,7 +26,9 @@ use crate::generate::{generate, rng_for};
 use crate::spec::ActionSpec;
 use crate::state::SimState;
 use crate::stats::bump;
-use crate::store::{ExecutionMode, Owner, Run, RunError, RunRequest, RunStatus};
+use crate::store::{
+    Batch, BatchKind, ExecutionMode, Owner, Run, RunError, RunRequest, RunStatus, RunView,
+};
 
 /// Identity of a freshly created run.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +46,13 @@ pub fn start_run(state: &Arc<SimState>, owner: Owner, request: Arc<RunRequest>) 
         uid: Uuid::new_v4(),
         created_at: state.clock.now(),
     };
+    let runtime = state.runtime();
+    let mut driver = Driver::new(state.clone(), new.uid, seq, owner, request.clone());
+    // Drawn now, not in the task: a stalled run can be told to finish as soon as it exists.
+    let outcome = pick_outcome(&runtime.outcomes, &mut driver.rng);
+    let stall = outcome
+        .stalls()
+        .then(|| Arc::new(StallControl::new(request.inputs.len())));
     let run = Run {
         id: new.id,
         uid: new.uid,
@@ -56,11 +68,17 @@ pub fn start_run(state: &Arc<SimState>, owner: Owner, request: Arc<RunRequest>) 
         created_at: new.created_at,
         resume: None,
         callbacks: Vec::new(),
+        outcome: Some(outcome.as_str()),
+        stall: stall.clone(),
+        batches: Vec::new(),
     };
     state.store.insert_run(run, state.config.limits.max_runs);
     bump(&state.stats.runs_created);
-    let task_state = state.clone();
-    tokio::spawn(async move { drive(task_state, new.uid, seq, owner, request).await });
+    tokio::spawn(async move {
+        if let Err(aborted) = driver.run(&runtime, outcome, stall).await {
+            tracing::debug!(run_uid = %new.uid, %aborted, "run task stopped early");
+        }
+    });
     new
 }
 
@@ -83,6 +101,9 @@ pub fn record_live_run(state: &SimState, owner: Owner, action: Arc<ActionSpec>) 
         created_at: now,
         resume: None,
         callbacks: Vec::new(),
+        outcome: None,
+        stall: None,
+        batches: Vec::new(),
     };
     state.store.insert_run(run, state.config.limits.max_runs);
     bump(&state.stats.runs_created);
@@ -126,6 +147,158 @@ pub fn run_not_found(uid: Uuid) -> ApiError {
         .param("run_uid", uid.to_string())
 }
 
+/// The final status a stalled run is told to reach (`POST /_sim/runs/{uid}/finish`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishRequest {
+    /// SUCCEEDED, PARTIAL_SUCCEEDED or FAILED.
+    pub status: RunStatus,
+    /// Indices of the inputs that fail (PARTIAL_SUCCEEDED only; default: the last input).
+    pub failed_inputs: Vec<usize>,
+}
+
+#[derive(Debug)]
+enum FinishSlot {
+    Open,
+    Requested(FinishRequest),
+    Taken,
+}
+
+/// How a stalled run is finished. Its `notify` is also the resume handle of a stalled BLOCKED
+/// run, so the run's one wait sees a resume and a finish alike.
+#[derive(Debug)]
+pub struct StallControl {
+    inputs: usize,
+    slot: Mutex<FinishSlot>,
+    notify: Arc<Notify>,
+    /// The run reached its stall point and has not taken a finish request yet.
+    stalled: AtomicBool,
+}
+
+impl StallControl {
+    fn new(inputs: usize) -> Self {
+        Self {
+            inputs,
+            slot: Mutex::new(FinishSlot::Open),
+            notify: Arc::new(Notify::new()),
+            stalled: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the run waits at its stall point (for `/_sim/runs/{uid}/deliveries`).
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, FinishSlot> {
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The finish request, once (the run task takes it).
+    fn take(&self) -> Option<FinishRequest> {
+        let mut slot = self.slot();
+        match std::mem::replace(&mut *slot, FinishSlot::Taken) {
+            FinishSlot::Requested(request) => Some(request),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+}
+
+/// Tells a stalled run to finish with `status` (test control): it sends its remaining pages
+/// (PARTIAL_SUCCEEDED: the failing inputs' error callbacks instead of their pages; FAILED: no
+/// more pages) and its final callback. A BLOCKED one goes back to QUEUED first. Allowed once,
+/// on runs whose drawn outcome stalls, also before they reach their stall point.
+pub fn request_finish(
+    state: &SimState,
+    uid: Uuid,
+    status: RunStatus,
+    failed_inputs: Option<Vec<usize>>,
+) -> Result<RunView, ApiError> {
+    use axum::http::StatusCode;
+    if !matches!(
+        status,
+        RunStatus::Succeeded | RunStatus::PartialSucceeded | RunStatus::Failed
+    ) {
+        return Err(ApiError::invalid_param(format!(
+            "status: {} is not a final status (SUCCEEDED, PARTIAL_SUCCEEDED or FAILED)",
+            status.as_str()
+        ))
+        .param("field", "status"));
+    }
+    if failed_inputs.is_some() && status != RunStatus::PartialSucceeded {
+        return Err(ApiError::invalid_param(
+            "failed_inputs: only allowed with status PARTIAL_SUCCEEDED",
+        )
+        .param("field", "failed_inputs"));
+    }
+    let now = state.clock.now();
+    let mut runs = state.store.runs();
+    let run = runs
+        .by_uid
+        .get_mut(&uid)
+        .ok_or_else(|| run_not_found(uid))?;
+    let Some(control) = run.stall.clone() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "RUN_NOT_STALLED",
+            format!(
+                "run {uid} does not stall (outcome {}); only stalled_running and stalled_blocked runs can be finished",
+                run.outcome.unwrap_or("not drawn yet")
+            ),
+        )
+        .param("run_uid", uid.to_string()));
+    };
+    let failed_inputs = match (status, failed_inputs) {
+        (RunStatus::PartialSucceeded, None) => vec![control.inputs.saturating_sub(1)],
+        (RunStatus::PartialSucceeded, Some(mut list)) => {
+            list.sort_unstable();
+            list.dedup();
+            if list.is_empty() {
+                return Err(ApiError::invalid_param(
+                    "failed_inputs: PARTIAL_SUCCEEDED needs at least one failing input",
+                )
+                .param("field", "failed_inputs"));
+            }
+            if let Some(bad) = list.iter().find(|i| **i >= control.inputs) {
+                return Err(ApiError::invalid_param(format!(
+                    "failed_inputs: {bad} is not an input index (the run has {} inputs)",
+                    control.inputs
+                ))
+                .param("field", "failed_inputs"));
+            }
+            list
+        }
+        _ => Vec::new(),
+    };
+    {
+        let mut slot = control.slot();
+        if !matches!(*slot, FinishSlot::Open) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "RUN_FINISH_ALREADY_REQUESTED",
+                format!("run {uid} was already told to finish"),
+            )
+            .param("run_uid", uid.to_string()));
+        }
+        *slot = FinishSlot::Requested(FinishRequest {
+            status,
+            failed_inputs,
+        });
+    }
+    if run.status == RunStatus::Blocked {
+        // Unblocked by the platform: back in the queue, as after a resume.
+        run.status = RunStatus::Queued;
+        run.updated_at = Some(now);
+        run.resume = None;
+    }
+    control.notify.notify_one();
+    Ok(run.view())
+}
+
 /// Results per input and page size of an action for given parameters.
 pub fn result_plan(action: &ActionSpec, parameters: &Value, results: &ResultsConfig) -> (u64, u64) {
     if !action.output_is_array {
@@ -157,15 +330,42 @@ enum Outcome {
     Failed,
     Blocked,
     Stopped,
+    /// Stays RUNNING after a seeded share of its pages until finished through `/_sim`.
+    StalledRunning,
+    /// Blocks after a seeded share of its pages, and again after every resume, until
+    /// finished through `/_sim`.
+    StalledBlocked,
+}
+
+impl Outcome {
+    /// The `outcomes.*` key of the outcome.
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Partial => "partial_succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Blocked => "blocked",
+            Outcome::Stopped => "stopped",
+            Outcome::StalledRunning => "stalled_running",
+            Outcome::StalledBlocked => "stalled_blocked",
+        }
+    }
+
+    fn stalls(self) -> bool {
+        matches!(self, Outcome::StalledRunning | Outcome::StalledBlocked)
+    }
 }
 
 fn pick_outcome(o: &OutcomesConfig, rng: &mut StdRng) -> Outcome {
+    // New outcomes go last: with their weights at 0 every earlier draw is unchanged.
     let weights = [
         (Outcome::Succeeded, o.succeeded),
         (Outcome::Partial, o.partial_succeeded),
         (Outcome::Failed, o.failed),
         (Outcome::Blocked, o.blocked),
         (Outcome::Stopped, o.stopped),
+        (Outcome::StalledRunning, o.stalled_running),
+        (Outcome::StalledBlocked, o.stalled_blocked),
     ];
     let total: f64 = weights.iter().map(|(_, w)| w.max(0.0)).sum();
     let mut x = rng.random_range(0.0..total.max(f64::MIN_POSITIVE));
@@ -240,14 +440,6 @@ type Step = Result<(), Aborted>;
 /// The final status of a run and the error its final callback carries.
 type Ending = (RunStatus, Option<ApiError>);
 
-async fn drive(state: Arc<SimState>, uid: Uuid, seq: u64, owner: Owner, request: Arc<RunRequest>) {
-    let runtime = state.runtime();
-    let mut driver = Driver::new(state, uid, seq, owner, request);
-    if let Err(aborted) = driver.run(&runtime).await {
-        tracing::debug!(run_uid = %uid, %aborted, "run task stopped early");
-    }
-}
-
 impl Driver {
     fn new(
         state: Arc<SimState>,
@@ -285,19 +477,82 @@ impl Driver {
         }
     }
 
-    /// The whole run. The seeded draws happen in a fixed order (outcome, plan, cut, shuffle,
-    /// then each delivery's faults), which is what makes the n-th run's fate reproducible.
-    async fn run(&mut self, runtime: &RuntimeConfig) -> Step {
+    /// The whole run, once its outcome is drawn. The seeded draws happen in a fixed order
+    /// (outcome, plan, cut, shuffle, then each delivery's faults), which is what makes the n-th
+    /// run's fate reproducible.
+    async fn run(
+        &mut self,
+        runtime: &RuntimeConfig,
+        outcome: Outcome,
+        stall: Option<Arc<StallControl>>,
+    ) -> Step {
         self.queue(runtime.timings.queued_after_ms).await?;
         self.start(runtime.timings.start_after_ms).await?;
-        let outcome = pick_outcome(&runtime.outcomes, &mut self.rng);
         let items = self.plan(outcome, &runtime.outcomes, &runtime.results);
+        if let Some(control) = stall {
+            return self.stall(outcome, items, &control, runtime).await;
+        }
         match outcome {
             Outcome::Blocked | Outcome::Stopped => {
                 self.block_then_resume(outcome, items, runtime).await
             }
-            Outcome::Succeeded | Outcome::Partial | Outcome::Failed => {
-                self.complete(outcome, items, runtime).await
+            _ => self.complete(outcome, items, runtime).await,
+        }
+    }
+
+    /// A stalled run: a seeded share of its pages (any number for a RUNNING stall, at most
+    /// half for a BLOCKED one), then nothing until it is told to finish. A stalled BLOCKED run
+    /// accepts resumes but blocks again (a fresh BLOCKED callback) after each.
+    async fn stall(
+        &mut self,
+        outcome: Outcome,
+        mut items: Vec<Item>,
+        control: &StallControl,
+        runtime: &RuntimeConfig,
+    ) -> Step {
+        let cut = if outcome == Outcome::StalledRunning {
+            self.rng.random_range(0..=items.len())
+        } else {
+            self.cut(&items)
+        };
+        let rest = items.split_off(cut);
+        self.send_pages(&items, runtime.timings.page_interval_ms)
+            .await?;
+        control.stalled.store(true, Ordering::Relaxed);
+        let request = loop {
+            if let Some(request) = control.take() {
+                break request;
+            }
+            if outcome == Outcome::StalledBlocked {
+                self.block(outcome, control.notify.clone()).await?;
+                self.wait_resume(&control.notify).await?;
+                // Resumed or finished: either way it was queued again and starts.
+                self.start(self.state.runtime().timings.start_after_ms)
+                    .await?;
+            } else {
+                self.wait_resume(&control.notify).await?;
+            }
+        };
+        control.stalled.store(false, Ordering::Relaxed);
+        self.finish_stalled(request, rest).await
+    }
+
+    async fn finish_stalled(&mut self, request: FinishRequest, rest: Vec<Item>) -> Step {
+        let interval = self.state.runtime().timings.page_interval_ms;
+        match request.status {
+            RunStatus::Failed => {
+                let (status, error) = self.ending(Outcome::Failed, 0);
+                self.finish(status, error.as_ref()).await
+            }
+            RunStatus::PartialSucceeded => {
+                let items = fail_inputs(rest, &request.failed_inputs);
+                self.send_pages(&items, interval).await?;
+                let (status, error) = self.ending(Outcome::Partial, request.failed_inputs.len());
+                self.finish(status, error.as_ref()).await
+            }
+            _ => {
+                self.send_pages(&rest, interval).await?;
+                self.finish(RunStatus::Succeeded, None).await
             }
         }
     }
@@ -400,7 +655,8 @@ impl Driver {
         let rest = items.split_off(cut);
         self.send_pages(&items, runtime.timings.page_interval_ms)
             .await?;
-        let notify = self.block(outcome).await?;
+        let notify = Arc::new(Notify::new());
+        self.block(outcome, notify.clone()).await?;
         self.wait_resume(&notify).await?;
         self.start(self.state.runtime().timings.start_after_ms)
             .await?;
@@ -409,29 +665,32 @@ impl Driver {
         self.finish(RunStatus::Succeeded, None).await
     }
 
-    /// Sets BLOCKED or STOPPED with its `last_error` and resume handle, then sends the
-    /// callback that says so; answers the handle a resume will notify.
-    async fn block(&mut self, outcome: Outcome) -> Result<Arc<Notify>, Aborted> {
-        let (status, label) = if outcome == Outcome::Blocked {
-            (RunStatus::Blocked, "BLOCKED")
+    /// Sets BLOCKED or STOPPED with its `last_error` and the resume handle `notify`, then
+    /// sends the callback that says so.
+    async fn block(&mut self, outcome: Outcome, notify: Arc<Notify>) -> Step {
+        let (status, kind, label) = if outcome == Outcome::Stopped {
+            (RunStatus::Stopped, BatchKind::Stopped, "STOPPED")
         } else {
-            (RunStatus::Stopped, "STOPPED")
+            (RunStatus::Blocked, BatchKind::Blocked, "BLOCKED")
+        };
+        let hint = if outcome.stalls() {
+            ""
+        } else {
+            "; resume it to continue"
         };
         let error = ApiError::new(
             axum::http::StatusCode::FAILED_DEPENDENCY,
             label,
             format!(
-                "run {} was {} by the simulator; resume it to continue",
+                "run {} was {} by the simulator{hint}",
                 self.uid,
                 label.to_lowercase()
             ),
         )
         .scope(ErrorScope::Integ);
-        let notify = Arc::new(Notify::new());
-        self.set_status(status, Some((&error, Some(notify.clone()))))?;
-        self.send(status, None, Some(error.body_json()), &[])
-            .await?;
-        Ok(notify)
+        self.set_status(status, Some((&error, Some(notify))))?;
+        self.send(kind, status, None, Some(error.body_json()), &[])
+            .await
     }
 
     fn plan(
@@ -508,8 +767,14 @@ impl Driver {
                         generate(spec, &action.output_schema, &mut rng)
                     })
                     .collect();
-                self.send(RunStatus::Running, Some(input), None, &results)
-                    .await
+                self.send(
+                    BatchKind::Page,
+                    RunStatus::Running,
+                    Some(input),
+                    None,
+                    &results,
+                )
+                .await
             }
             Item::InputError { input } => {
                 self.pause_ms(interval_ms).await?;
@@ -521,6 +786,7 @@ impl Driver {
                 .scope(ErrorScope::Input)
                 .param("input_index", input.to_string());
                 self.send(
+                    BatchKind::InputError,
                     RunStatus::Running,
                     Some(input),
                     Some(error.body_json()),
@@ -530,6 +796,7 @@ impl Driver {
             }
             Item::Final => {
                 self.send(
+                    BatchKind::Final,
                     final_status,
                     None,
                     final_error.map(ApiError::body_json),
@@ -558,8 +825,10 @@ impl Driver {
         }
     }
 
+    /// Generates one callback payload, records it as a batch of the run, and delivers it.
     async fn send(
         &mut self,
+        kind: BatchKind,
         status: RunStatus,
         input: Option<usize>,
         error: Option<Value>,
@@ -593,7 +862,31 @@ impl Driver {
                 return Err(Aborted::RunGone);
             }
         };
-        deliver(&self.state, &ctx, batch_uid, body, &mut self.rng).await;
+        let batch = Batch {
+            batch_uid,
+            kind,
+            run_status: status,
+            input_index: input,
+            results_count: results.len(),
+            delivered: false,
+        };
+        let batch_index = self
+            .state
+            .store
+            .with_run(self.uid, |run| {
+                run.batches.push(batch);
+                run.batches.len() - 1
+            })
+            .ok_or(Aborted::RunGone)?;
+        deliver(
+            &self.state,
+            &ctx,
+            batch_uid,
+            batch_index,
+            body,
+            &mut self.rng,
+        )
+        .await;
         self.alive()
     }
 
@@ -652,7 +945,39 @@ impl Driver {
     /// receipt of the final callback sees the same status).
     async fn finish(&mut self, status: RunStatus, error: Option<&ApiError>) -> Step {
         self.mark_final(status, error)?;
-        self.send(status, None, error.map(ApiError::body_json), &[])
-            .await
+        self.send(
+            BatchKind::Final,
+            status,
+            None,
+            error.map(ApiError::body_json),
+            &[],
+        )
+        .await
     }
+}
+
+/// The remaining items of a stalled run finishing PARTIAL_SUCCEEDED: a failing input's pages
+/// give way to one error callback (where its first page would have gone, or at the end when
+/// all its pages were already out).
+fn fail_inputs(rest: Vec<Item>, failed: &[usize]) -> Vec<Item> {
+    let mut errored = Vec::new();
+    let mut items = Vec::with_capacity(rest.len() + failed.len());
+    for item in rest {
+        match item {
+            Item::Page { input, .. } if failed.contains(&input) => {
+                if !errored.contains(&input) {
+                    errored.push(input);
+                    items.push(Item::InputError { input });
+                }
+            }
+            other => items.push(other),
+        }
+    }
+    items.extend(
+        failed
+            .iter()
+            .filter(|input| !errored.contains(input))
+            .map(|&input| Item::InputError { input }),
+    );
+    items
 }

@@ -8,6 +8,7 @@ mod callbacks;
 mod control;
 mod runs;
 mod schedules;
+mod sim_runs;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,7 +55,9 @@ pub fn router(state: Arc<SimState>) -> Router {
             "/_sim/config",
             get(control::get_config).put(control::put_config),
         )
-        .route("/_sim/reset-stats", post(control::reset_stats));
+        .route("/_sim/reset-stats", post(control::reset_stats))
+        .route("/_sim/runs/{run_uid}/finish", post(sim_runs::finish))
+        .route("/_sim/runs/{run_uid}/deliveries", get(sim_runs::deliveries));
     v4.merge(control).fallback(fallback).with_state(state)
 }
 

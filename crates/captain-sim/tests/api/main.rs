@@ -14,4 +14,6 @@ mod process;
 mod ratelimits;
 mod schedules;
 mod security;
+mod stalls;
+mod truth;
 mod validation;
