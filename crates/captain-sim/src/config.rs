@@ -192,6 +192,7 @@ impl RuntimeConfig {
                 f.callback_out_of_order_rate,
             ),
             ("faults.callback_failure_rate", f.callback_failure_rate),
+            ("faults.live_failure_rate", f.live_failure_rate),
             (
                 "outcomes.input_failure_rate",
                 self.outcomes.input_failure_rate,
@@ -396,4 +397,7 @@ pub struct FaultsConfig {
     pub callback_out_of_order_rate: f64,
     /// Probability that a callback attempt fails as if the receiver were down (no POST made).
     pub callback_failure_rate: f64,
+    /// Probability that a live input fails: every live call for it answers 424 (drawn per
+    /// action and input, so the same input fails on every page and every retry).
+    pub live_failure_rate: f64,
 }

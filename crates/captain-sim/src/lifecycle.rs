@@ -82,8 +82,13 @@ pub fn start_run(state: &Arc<SimState>, owner: Owner, request: Arc<RunRequest>) 
     new
 }
 
-/// Records a finished LIVE run.
-pub fn record_live_run(state: &SimState, owner: Owner, action: Arc<ActionSpec>) {
+/// Records a finished LIVE run: SUCCEEDED, or FAILED with `failure` as its `last_error`.
+pub fn record_live_run(
+    state: &SimState,
+    owner: Owner,
+    action: Arc<ActionSpec>,
+    failure: Option<&ApiError>,
+) {
     let now = state.clock.now();
     let seq = state.next_run_seq();
     let run = Run {
@@ -92,8 +97,15 @@ pub fn record_live_run(state: &SimState, owner: Owner, action: Arc<ActionSpec>) 
         action,
         owner,
         mode: ExecutionMode::Live,
-        status: RunStatus::Succeeded,
-        last_error: None,
+        status: if failure.is_some() {
+            RunStatus::Failed
+        } else {
+            RunStatus::Succeeded
+        },
+        last_error: failure.map(|error| RunError {
+            label: error.label.to_owned(),
+            message: error.message.clone(),
+        }),
         callback_url: None,
         started_at: Some(now),
         finished_at: Some(now),

@@ -6,6 +6,7 @@
 mod actions;
 mod callbacks;
 mod control;
+mod live;
 mod runs;
 mod schedules;
 mod sim_runs;
@@ -30,7 +31,7 @@ use crate::state::{Caller, SimState};
 /// Builds the whole router (no socket; tests may call it directly).
 pub fn router(state: Arc<SimState>) -> Router {
     let v4 = Router::new()
-        .route("/v4/actions/{action}/run/live", post(actions::live))
+        .route("/v4/actions/{action}/run/live", post(live::live))
         .route("/v4/actions/{action}/run/async", post(actions::run_async))
         .route("/v4/actions/{action}/run/schedule", post(actions::schedule))
         .route("/v4/runs", get(runs::list))

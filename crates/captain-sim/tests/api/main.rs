@@ -10,6 +10,7 @@ mod actions;
 mod callbacks;
 mod faults;
 mod lifecycle;
+mod live;
 mod process;
 mod ratelimits;
 mod schedules;
