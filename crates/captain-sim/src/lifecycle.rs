@@ -1,8 +1,11 @@
 //! The run engine: creates ASYNC runs (from async submissions and schedule firings) and drives
 //! each through CREATED -> QUEUED -> RUNNING -> final status, producing one callback per page
-//! of results per input, then one final callback per run. Outcomes, cut points and callback
-//! faults come from a generator seeded by (seed, run sequence number), so concurrency does not
-//! change what happens to a given run.
+//! of results per input, then one final callback per run, and recording each payload as a batch
+//! of the run (the ground truth tests read). Outcomes, cut points and callback faults come from
+//! a generator seeded by (seed, run sequence number), so concurrency does not change what
+//! happens to a given run. Stalled runs wait, RUNNING or BLOCKED, until the test-control route
+//! finishes them. Every wait and send answers `Result<(), Aborted>`, so a run task ends with `?`
+//! wherever shutdown finds it.
 
 use std::sync::Arc;
 
