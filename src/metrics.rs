@@ -32,7 +32,7 @@ pub struct Metrics {
     /// Calls to the Captain Data API, by endpoint (`run_async`, `run_schedule`, `get_run`, ...)
     /// and HTTP code (`200`, `429`, ..., or `error` when no answer came).
     pub api_requests: IntCounterVec,
-    /// 429 answers, by mode (`async`, `schedule`, `api`).
+    /// 429 answers, by mode (`live`, `async`, `schedule`, `api`).
     pub api_rate_limited: IntCounterVec,
     /// Latency of single API calls (one attempt), by endpoint.
     pub api_duration: HistogramVec,

@@ -100,15 +100,18 @@ impl fmt::Debug for CaptainClient {
 }
 
 /// One logical call, possibly sent several times.
-struct Call {
-    method: Method,
-    path: String,
-    query: Vec<(&'static str, String)>,
-    body: Option<Bytes>,
+pub(super) struct Call {
+    pub(super) method: Method,
+    pub(super) path: String,
+    pub(super) query: Vec<(String, String)>,
+    pub(super) body: Option<Bytes>,
     /// The `endpoint` metric label.
-    endpoint: &'static str,
-    mode: RateMode,
+    pub(super) endpoint: &'static str,
+    pub(super) mode: RateMode,
 }
+
+/// Turns a 2xx answer (status, headers, body) into the call's result; an `Err` is permanent.
+pub(super) type ReadAnswer<T> = fn(u16, &HeaderMap, Bytes) -> Result<T, SubmitError>;
 
 impl CaptainClient {
     /// Builds the client; fails on an unusable base URL or API key.
@@ -232,11 +235,15 @@ impl CaptainClient {
         offset: u32,
     ) -> Result<Vec<CallbackRecord>, SubmitError> {
         let run_uid = identifier("run_uid", run_uid)?;
-        let mut query = vec![("run_uid", run_uid.to_owned())];
+        let mut query = vec![("run_uid".to_owned(), run_uid.to_owned())];
         // Array filters are repeated keys (OpenAPI form + explode).
-        query.extend(statuses.iter().map(|s| ("status", s.as_str().to_owned())));
-        query.push(("limit", CALLBACKS_PAGE_SIZE.to_string()));
-        query.push(("offset", offset.to_string()));
+        query.extend(
+            statuses
+                .iter()
+                .map(|s| ("status".to_owned(), s.as_str().to_owned())),
+        );
+        query.push(("limit".to_owned(), CALLBACKS_PAGE_SIZE.to_string()));
+        query.push(("offset".to_owned(), offset.to_string()));
         self.call(Call {
             method: Method::GET,
             path: "/runs/callbacks".into(),
@@ -263,15 +270,25 @@ impl CaptainClient {
     }
 
     async fn call<T: DeserializeOwned>(&self, call: Call) -> Result<T, SubmitError> {
+        self.call_with(call, read_json).await
+    }
+
+    /// Sends `call` through the gate and the retry policy; `read` turns the 2xx answer into
+    /// the result (a JSON body, or more for calls that need the headers).
+    pub(super) async fn call_with<T>(
+        &self,
+        call: Call,
+        read: ReadAnswer<T>,
+    ) -> Result<T, SubmitError> {
         let url = format!("{}{}", self.base_url, call.path);
         run_with_retry(&self.retry, self.gate.as_deref(), call.mode, || {
-            self.attempt(&call, &url)
+            self.attempt(&call, &url, read)
         })
         .await
     }
 
     /// Sends the call once and says what came of it; feeds the per-attempt metrics.
-    async fn attempt<T: DeserializeOwned>(&self, call: &Call, url: &str) -> Verdict<T> {
+    async fn attempt<T>(&self, call: &Call, url: &str, read: ReadAnswer<T>) -> Verdict<T> {
         let mut request = self.http.request(call.method.clone(), url);
         if !call.query.is_empty() {
             request = request.query(&call.query);
@@ -292,7 +309,7 @@ impl CaptainClient {
                 let verdict = classify_response(status, &headers, body, SystemTime::now());
                 (
                     status.as_str().to_owned(),
-                    parse_success(status.as_u16(), verdict),
+                    read_success(status.as_u16(), &headers, verdict, read),
                 )
             }
         };
@@ -326,15 +343,29 @@ fn empty_post(path: String, endpoint: &'static str) -> Call {
     }
 }
 
-fn parse_success<T: DeserializeOwned>(http_status: u16, verdict: Verdict<Bytes>) -> Verdict<T> {
+/// The default reader: the body is the JSON of `T`.
+fn read_json<T: DeserializeOwned>(
+    http_status: u16,
+    _headers: &HeaderMap,
+    bytes: Bytes,
+) -> Result<T, SubmitError> {
+    serde_json::from_slice(&bytes).map_err(|e| SubmitError::InvalidResponse {
+        http_status,
+        reason: format!("body does not match the expected shape: {e}"),
+        source: Some(Box::new(e)),
+    })
+}
+
+fn read_success<T>(
+    http_status: u16,
+    headers: &HeaderMap,
+    verdict: Verdict<Bytes>,
+    read: ReadAnswer<T>,
+) -> Verdict<T> {
     match verdict {
-        Verdict::Success(bytes) => match serde_json::from_slice(&bytes) {
+        Verdict::Success(bytes) => match read(http_status, headers, bytes) {
             Ok(value) => Verdict::Success(value),
-            Err(e) => Verdict::Permanent(SubmitError::InvalidResponse {
-                http_status,
-                reason: format!("body does not match the expected shape: {e}"),
-                source: Some(Box::new(e)),
-            }),
+            Err(e) => Verdict::Permanent(e),
         },
         Verdict::Permanent(e) => Verdict::Permanent(e),
         Verdict::Transient(e) => Verdict::Transient(e),
@@ -342,7 +373,7 @@ fn parse_success<T: DeserializeOwned>(http_status: u16, verdict: Verdict<Bytes>)
     }
 }
 
-fn json_body<B: Serialize>(body: &B) -> Result<Bytes, SubmitError> {
+pub(super) fn json_body<B: Serialize>(body: &B) -> Result<Bytes, SubmitError> {
     serde_json::to_vec(body)
         .map(Bytes::from)
         .map_err(|e| SubmitError::InvalidRequest {
@@ -351,7 +382,7 @@ fn json_body<B: Serialize>(body: &B) -> Result<Bytes, SubmitError> {
 }
 
 /// An action slug goes into the URL path: only `[a-z0-9-]+` is let through.
-fn action_slug(action: &str) -> Result<&str, SubmitError> {
+pub(super) fn action_slug(action: &str) -> Result<&str, SubmitError> {
     let ok = !action.is_empty()
         && action.len() <= MAX_PATH_SEGMENT
         && action
@@ -386,104 +417,13 @@ fn identifier<'a>(what: &str, value: &'a str) -> Result<&'a str, SubmitError> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::captain::scripted::{answer, answer_with, serve};
     use crate::captain::wire::{ApiError, CallbackTarget};
-    use axum::body::Body;
-    use axum::extract::{Request, State};
-    use axum::http::{HeaderMap as AxumHeaders, StatusCode};
-    use axum::response::{IntoResponse, Response};
-    use axum::Router;
     use serde_json::{json, Value};
-    use std::collections::VecDeque;
     use std::sync::Mutex;
     use tokio::time::Instant as TokioInstant;
 
-    /// One scripted answer of the test server.
-    #[derive(Clone)]
-    struct Answer {
-        status: u16,
-        headers: Vec<(&'static str, String)>,
-        body: String,
-    }
-
-    fn answer(status: u16, body: Value) -> Answer {
-        Answer {
-            status,
-            headers: vec![("content-type", "application/json".into())],
-            body: body.to_string(),
-        }
-    }
-
-    fn answer_with(status: u16, header: &'static str, value: String) -> Answer {
-        Answer {
-            status,
-            headers: vec![(header, value)],
-            body: String::new(),
-        }
-    }
-
-    /// A request the test server received, and when (on tokio's clock).
-    struct Seen {
-        method: String,
-        uri: String,
-        headers: AxumHeaders,
-        body: Vec<u8>,
-        at: TokioInstant,
-    }
-
-    #[derive(Default)]
-    struct Script {
-        answers: Mutex<VecDeque<Answer>>,
-        seen: Mutex<Vec<Seen>>,
-    }
-
-    impl Script {
-        fn seen_count(&self) -> usize {
-            self.seen.lock().unwrap().len()
-        }
-    }
-
-    async fn scripted(State(script): State<Arc<Script>>, req: Request) -> Response {
-        let (parts, body) = req.into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
-        script.seen.lock().unwrap().push(Seen {
-            method: parts.method.to_string(),
-            uri: parts.uri.to_string(),
-            headers: parts.headers,
-            body: body.to_vec(),
-            at: TokioInstant::now(),
-        });
-        // The last answer repeats forever.
-        let answer = {
-            let mut answers = script.answers.lock().unwrap();
-            if answers.len() > 1 {
-                answers.pop_front()
-            } else {
-                answers.front().cloned()
-            }
-        }
-        .unwrap();
-        let mut response = Response::new(Body::from(answer.body));
-        *response.status_mut() = StatusCode::from_u16(answer.status).unwrap();
-        for (name, value) in answer.headers {
-            response.headers_mut().insert(name, value.parse().unwrap());
-        }
-        response.into_response()
-    }
-
-    /// Starts a server answering `answers` in order; returns its base URL and what it saw.
-    async fn serve(answers: Vec<Answer>) -> (String, Arc<Script>) {
-        let script = Arc::new(Script {
-            answers: Mutex::new(answers.into()),
-            seen: Mutex::default(),
-        });
-        let app = Router::new().fallback(scripted).with_state(script.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (format!("http://{addr}/v4"), script)
-    }
-
-    fn config(base_url: &str) -> ClientConfig {
+    pub(crate) fn config(base_url: &str) -> ClientConfig {
         ClientConfig {
             base_url: base_url.into(),
             api_key: SecretString::from("test-key-123"),

@@ -60,6 +60,8 @@ impl RetryPolicy {
 /// Which rate-limit bucket a call belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateMode {
+    /// `POST /actions/{action}/run/live`.
+    Live,
     /// `POST /actions/{action}/run/async`.
     Async,
     /// `POST /actions/{action}/run/schedule`.
@@ -72,6 +74,7 @@ impl RateMode {
     /// The `mode` label of `api_rate_limited`.
     pub fn as_str(self) -> &'static str {
         match self {
+            RateMode::Live => "live",
             RateMode::Async => "async",
             RateMode::Schedule => "schedule",
             RateMode::Api => "api",

@@ -47,6 +47,23 @@ pub struct AsyncRunBody {
     pub callback: CallbackTarget,
 }
 
+/// Body of `POST /actions/{action}/run/live`: one input. Live `parameters` never hold
+/// `max_results` (the API refuses it; paging is the caller's, see `LivePager`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveRunBody {
+    /// The one input; `None` for input-less actions (e.g. `linkedin-me`), which have no
+    /// `input` key at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_ids: Option<Vec<String>>,
+    /// `direct`, `auto` or `managed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_mode: Option<String>,
+}
+
 /// Body of `POST /actions/{action}/run/schedule`: the async fields plus when to run.
 /// The API requires at least one of `cron` and `schedule_at`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

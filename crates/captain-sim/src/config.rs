@@ -192,6 +192,7 @@ impl RuntimeConfig {
                 f.callback_out_of_order_rate,
             ),
             ("faults.callback_failure_rate", f.callback_failure_rate),
+            ("faults.live_failure_rate", f.live_failure_rate),
             (
                 "outcomes.input_failure_rate",
                 self.outcomes.input_failure_rate,
@@ -208,6 +209,8 @@ impl RuntimeConfig {
             o.failed,
             o.blocked,
             o.stopped,
+            o.stalled_running,
+            o.stalled_blocked,
         ];
         if weights.iter().any(|w| !w.is_finite() || *w < 0.0) || weights.iter().sum::<f64>() <= 0.0
         {
@@ -271,6 +274,12 @@ pub struct OutcomesConfig {
     pub blocked: f64,
     /// The run stops at STOPPED until `POST /runs/{uid}/resume`.
     pub stopped: f64,
+    /// The run stays RUNNING after a seeded share of its pages (none to all) until
+    /// `POST /_sim/runs/{uid}/finish`.
+    pub stalled_running: f64,
+    /// The run stays BLOCKED (blocking again after each resume) until
+    /// `POST /_sim/runs/{uid}/finish`.
+    pub stalled_blocked: f64,
     /// In a PARTIAL_SUCCEEDED run, the probability that an input fails (at least one does).
     pub input_failure_rate: f64,
 }
@@ -283,6 +292,8 @@ impl Default for OutcomesConfig {
             failed: 0.0,
             blocked: 0.0,
             stopped: 0.0,
+            stalled_running: 0.0,
+            stalled_blocked: 0.0,
             input_failure_rate: 0.5,
         }
     }
@@ -386,4 +397,7 @@ pub struct FaultsConfig {
     pub callback_out_of_order_rate: f64,
     /// Probability that a callback attempt fails as if the receiver were down (no POST made).
     pub callback_failure_rate: f64,
+    /// Probability that a live input fails: every live call for it answers 424 (drawn per
+    /// action and input, so the same input fails on every page and every retry).
+    pub live_failure_rate: f64,
 }

@@ -1,7 +1,12 @@
 //! Callback delivery: one record per delivery (PENDING -> RUNNING -> SUCCESS/FAILED), automatic
 //! retries with doubling backoff on the same record (`retry_count` counts them), injected
 //! drops/duplicates/receiver failures, and replays (a new record with `parent_uid`, the same
-//! payload bytes and `batch_uid`, one attempt).
+//! payload bytes and `batch_uid`, one attempt). A 2xx answer to any of them marks the run's
+//! batch delivered (the ground truth of `/_sim/runs/{uid}/deliveries`).
+//!
+//! A replay is a fresh attempt at the receiver, so injected receiver failures apply to it; the
+//! drop fault does not: it models the platform losing a delivery in its own pipeline, and an
+//! explicitly requested replay is what recovers such a loss.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +20,9 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::state::SimState;
 use crate::stats::bump;
-use crate::store::{CallbackRecord, CallbackStatus, CallbackTarget, CallbackView, Owner};
+use crate::store::{
+    CallbackRecord, CallbackStatus, CallbackTarget, CallbackView, Owner, RecordOrigin,
+};
 
 /// Replays allowed per original callback.
 pub const MAX_REPLAYS: u32 = 3;
@@ -26,6 +33,13 @@ pub struct DeliveryCtx {
     pub run_uid: Uuid,
     pub workspace_uid: Uuid,
     pub target: Arc<CallbackTarget>,
+}
+
+/// The payload a record carries: its batch and its position among the run's batches.
+#[derive(Debug, Clone, Copy)]
+struct BatchRef {
+    uid: Uuid,
+    index: usize,
 }
 
 /// Outcome of one POST.
@@ -40,17 +54,32 @@ pub async fn deliver(
     state: &Arc<SimState>,
     ctx: &DeliveryCtx,
     batch_uid: Uuid,
+    batch_index: usize,
     payload: Bytes,
     rng: &mut StdRng,
 ) {
+    let batch = BatchRef {
+        uid: batch_uid,
+        index: batch_index,
+    };
     let runtime = state.runtime();
     let faults = &runtime.faults;
     let drop = faults.callback_drop_rate > 0.0 && rng.random_bool(faults.callback_drop_rate);
     let duplicate =
         faults.callback_duplicate_rate > 0.0 && rng.random_bool(faults.callback_duplicate_rate);
-    let uid = new_record(state, ctx, None, batch_uid, payload.clone());
+    let uid = new_record(
+        state,
+        ctx,
+        None,
+        batch,
+        payload.clone(),
+        RecordOrigin::Original,
+    );
     if drop {
-        update(state, uid, |r| r.status = CallbackStatus::Failed);
+        update(state, uid, |r| {
+            r.status = CallbackStatus::Failed;
+            r.dropped = true;
+        });
         bump(&state.stats.callbacks_dropped);
         bump(&state.stats.callbacks_failed);
         return;
@@ -81,7 +110,14 @@ pub async fn deliver(
         bump(&state.stats.callbacks_failed);
     }
     if succeeded && duplicate {
-        let dup = new_record(state, ctx, None, batch_uid, payload.clone());
+        let dup = new_record(
+            state,
+            ctx,
+            None,
+            batch,
+            payload.clone(),
+            RecordOrigin::Duplicate,
+        );
         bump(&state.stats.callbacks_duplicated);
         if !send_once(state, dup, &ctx.target, &payload, false, true).await {
             bump(&state.stats.callbacks_failed);
@@ -91,7 +127,7 @@ pub async fn deliver(
 
 /// Replays an original callback: checks the limits, records, and sends in the background.
 pub fn replay(state: &Arc<SimState>, owner: Owner, uid: Uuid) -> Result<CallbackView, ApiError> {
-    let (ctx, batch_uid, payload) = {
+    let (ctx, batch, payload) = {
         let mut callbacks = state.store.callbacks();
         let original = callbacks
             .get_mut(&uid)
@@ -116,11 +152,23 @@ pub fn replay(state: &Arc<SimState>, owner: Owner, uid: Uuid) -> Result<Callback
                 workspace_uid: original.workspace_uid,
                 target: original.target.clone(),
             },
-            original.batch_uid,
+            BatchRef {
+                uid: original.batch_uid,
+                index: original.batch_index,
+            },
             original.payload.clone(),
         )
     };
-    let new_uid = new_record(state, &ctx, Some(uid), batch_uid, payload.clone());
+    let runtime = state.runtime();
+    let fail = state.faults.callback_failure(&runtime.faults);
+    let new_uid = new_record(
+        state,
+        &ctx,
+        Some(uid),
+        batch,
+        payload.clone(),
+        RecordOrigin::Replay,
+    );
     bump(&state.stats.callbacks_replayed);
     let view = state
         .store
@@ -130,7 +178,7 @@ pub fn replay(state: &Arc<SimState>, owner: Owner, uid: Uuid) -> Result<Callback
         .ok_or_else(|| ApiError::internal("replayed callback vanished"))?;
     let task_state = state.clone();
     tokio::spawn(async move {
-        if !send_once(&task_state, new_uid, &ctx.target, &payload, false, true).await {
+        if !send_once(&task_state, new_uid, &ctx.target, &payload, fail, true).await {
             bump(&task_state.stats.callbacks_failed);
         }
     });
@@ -150,8 +198,9 @@ fn new_record(
     state: &Arc<SimState>,
     ctx: &DeliveryCtx,
     parent_uid: Option<Uuid>,
-    batch_uid: Uuid,
+    batch: BatchRef,
     payload: Bytes,
+    origin: RecordOrigin,
 ) -> Uuid {
     let uid = Uuid::new_v4();
     let record = CallbackRecord {
@@ -163,11 +212,15 @@ fn new_record(
         status: CallbackStatus::Pending,
         target: ctx.target.clone(),
         http_status: None,
-        batch_uid,
+        batch_uid: batch.uid,
         run_uid: ctx.run_uid,
         workspace_uid: ctx.workspace_uid,
         payload,
         replays: 0,
+        batch_index: batch.index,
+        origin,
+        attempts: 0,
+        dropped: false,
     };
     state.store.callbacks().insert(uid, record);
     state
@@ -195,14 +248,21 @@ async fn send_once(
     let Ok(_permit) = state.delivery_slots.acquire().await else {
         return false;
     };
-    update(state, uid, |r| r.status = CallbackStatus::Running);
+    update(state, uid, |r| {
+        r.status = CallbackStatus::Running;
+        r.attempts += 1;
+    });
     let outcome = if inject_failure {
         Attempt::NoAnswer
     } else {
         post(state, target, payload.clone()).await
     };
     let ok = matches!(outcome, Attempt::Answered(s) if (200..300).contains(&s));
+    let mut delivered = None;
     update(state, uid, |r| {
+        if ok {
+            delivered = Some((r.run_uid, r.batch_index));
+        }
         r.http_status = match outcome {
             Attempt::Answered(s) => Some(s),
             Attempt::NoAnswer => None,
@@ -216,6 +276,13 @@ async fn send_once(
             r.retry_count += 1;
         }
     });
+    if let Some((run_uid, index)) = delivered {
+        state.store.with_run(run_uid, |run| {
+            if let Some(batch) = run.batches.get_mut(index) {
+                batch.delivered = true;
+            }
+        });
+    }
     if ok {
         bump(&state.stats.callbacks_delivered);
     } else {

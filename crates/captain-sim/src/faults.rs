@@ -63,6 +63,13 @@ impl FaultInjector {
         })
     }
 
+    /// Whether a replayed callback's attempt fails as if the receiver were down
+    /// (`faults.callback_failure_rate`); replays are requests, so drawn in request order.
+    pub fn callback_failure(&self, faults: &FaultsConfig) -> bool {
+        faults.callback_failure_rate > 0.0
+            && self.with_rng(|rng| rng.random_bool(faults.callback_failure_rate))
+    }
+
     fn with_rng<R>(&self, f: impl FnOnce(&mut StdRng) -> R) -> R {
         let mut rng = self
             .rng

@@ -68,6 +68,12 @@ pub struct ActionSpec {
     pub output_is_array: bool,
     /// Live takes a `page` query parameter and answers `X-Pagination-*` headers.
     pub paginated: bool,
+    /// Live also takes the `token` cursor (8 actions).
+    pub cursor: bool,
+    /// The live 200 answer declares `X-Pagination-Next`.
+    pub next_header: bool,
+    /// The live 200 answer declares `X-Pagination-Previous` (not the cursor actions).
+    pub previous_header: bool,
     /// The live `page_size` default, when declared.
     pub page_size: Option<u64>,
     pub max_results: Option<MaxResults>,
@@ -229,6 +235,13 @@ impl ActionSpec {
                 .find(|p| p.get("name").and_then(Value::as_str) == Some(n))
         };
         let paginated = param("page").is_some();
+        let cursor = param("token").is_some();
+        let declares = |header: &str| {
+            live.pointer(&format!("/responses/200/headers/{header}"))
+                .is_some()
+        };
+        let next_header = declares("X-Pagination-Next");
+        let previous_header = declares("X-Pagination-Previous");
         let page_size = param("page_size")
             .and_then(|p| p.pointer("/schema/default"))
             .and_then(Value::as_u64);
@@ -271,6 +284,9 @@ impl ActionSpec {
             output_schema,
             output_is_array,
             paginated,
+            cursor,
+            next_header,
+            previous_header,
             page_size,
             max_results,
             body_pointers: [
@@ -476,6 +492,20 @@ mod tests {
                 .unwrap()
                 .output_is_array
         );
+        assert!(people.next_header && people.previous_header && !people.cursor);
+        let places = spec.action("googlemaps-search-places").unwrap();
+        assert!(places.cursor && places.next_header && !places.previous_header);
+        let cursors: Vec<&str> = spec
+            .actions()
+            .iter()
+            .filter(|a| a.cursor)
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(cursors.len(), 8, "{cursors:?}");
+        assert!(spec
+            .actions()
+            .iter()
+            .all(|a| a.paginated == (a.next_header && (a.cursor || a.previous_header))));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::clock::format_ts;
+use crate::lifecycle::StallControl;
 use crate::spec::ActionSpec;
 
 /// Run statuses of the spec.
@@ -149,6 +150,44 @@ pub struct Run {
     /// Present while BLOCKED/STOPPED: resuming notifies the waiting run task.
     pub resume: Option<Arc<Notify>>,
     pub callbacks: Vec<Uuid>,
+    /// The outcome drawn for the run (`outcomes.*` key), once drawn; `None` for live runs.
+    pub outcome: Option<&'static str>,
+    /// Present for runs whose outcome stalls: `POST /_sim/runs/{uid}/finish` goes through it.
+    pub stall: Option<Arc<StallControl>>,
+    /// Every callback payload the run generated, in order: the ground truth of
+    /// `GET /_sim/runs/{uid}/deliveries`. A record's `batch_index` points in here.
+    pub batches: Vec<Batch>,
+}
+
+/// What a callback payload was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchKind {
+    /// A page of results of one input.
+    Page,
+    /// The error callback of a failing input (no results).
+    InputError,
+    /// The run's final callback.
+    Final,
+    /// The callback announcing a BLOCKED run.
+    Blocked,
+    /// The callback announcing a STOPPED run.
+    Stopped,
+}
+
+/// One callback payload a run generated (whatever became of its deliveries).
+#[derive(Debug, Clone, Serialize)]
+pub struct Batch {
+    pub batch_uid: Uuid,
+    pub kind: BatchKind,
+    /// `run.status` in the payload.
+    pub run_status: RunStatus,
+    /// Index of the input it belongs to (pages and input errors).
+    pub input_index: Option<usize>,
+    pub results_count: usize,
+    /// Whether any delivery of it (original, automatic retry, duplicate or replay) was
+    /// answered 2xx by the receiver.
+    pub delivered: bool,
 }
 
 /// The spec's run object (`additionalProperties: false`).
@@ -225,6 +264,25 @@ pub struct CallbackRecord {
     pub payload: Bytes,
     /// Replays made of this record (only originals may be replayed).
     pub replays: u32,
+    /// Position of its payload in the run's `batches`.
+    pub batch_index: usize,
+    pub origin: RecordOrigin,
+    /// POSTs made (injected receiver failures included); 0 for a dropped delivery.
+    pub attempts: u32,
+    /// The drop fault hit: nothing was sent.
+    pub dropped: bool,
+}
+
+/// Why a callback record exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordOrigin {
+    /// The delivery of a freshly generated payload.
+    Original,
+    /// The duplicate fault: the same payload sent again after a success.
+    Duplicate,
+    /// `POST /runs/callbacks/{uid}/replay`.
+    Replay,
 }
 
 /// The spec's callback record. `http_status` is omitted (not null) when no HTTP answer was

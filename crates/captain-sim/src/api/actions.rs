@@ -1,21 +1,21 @@
-//! `POST /v4/actions/{action}/run/{live|async|schedule}` for every action of the spec: body
-//! validation against the operation's schema, then a live answer, a started run, or a schedule.
+//! `POST /v4/actions/{action}/run/{async|schedule}` for every action of the spec: body
+//! validation against the operation's schema (shared with `live`), then a started run or a
+//! schedule.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
 use axum::Extension;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{json_body, ok_json, Query};
-use crate::error::{ApiError, ErrorScope};
-use crate::generate::{generate, rng_for};
-use crate::lifecycle::{page_size, record_live_run, start_run};
+use super::{json_body, ok_json};
+use crate::error::ApiError;
+use crate::lifecycle::start_run;
 use crate::schedules::{self, parse_cron, parse_schedule_at, parse_timezone, NewSchedule};
 use crate::spec::{ActionSpec, Mode};
 use crate::state::{Caller, SimState};
@@ -36,7 +36,7 @@ struct AsyncAccepted {
     updated_at: Option<String>,
 }
 
-fn find_action(state: &SimState, name: &str) -> Result<Arc<ActionSpec>, ApiError> {
+pub(super) fn find_action(state: &SimState, name: &str) -> Result<Arc<ActionSpec>, ApiError> {
     state.spec.action(name).cloned().ok_or_else(|| {
         ApiError::not_found("ACTION_404_NOT_FOUND", format!("action {name:?} not found"))
             .param("action", name)
@@ -44,7 +44,7 @@ fn find_action(state: &SimState, name: &str) -> Result<Arc<ActionSpec>, ApiError
 }
 
 /// Validates a body against the operation's request schema; the error names the failing path.
-fn validate(
+pub(super) fn validate(
     state: &SimState,
     action: &ActionSpec,
     mode: Mode,
@@ -199,89 +199,4 @@ pub(super) async fn schedule(
     state.store.schedules().insert(schedule.uid, schedule);
     state.schedule_wake.notify_one();
     Ok(ok_json(view))
-}
-
-pub(super) async fn live(
-    State(state): State<Arc<SimState>>,
-    Extension(caller): Extension<Caller>,
-    Path(action_name): Path<String>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let action = find_action(&state, &action_name)?;
-    let body = json_body(&body)?;
-    validate(&state, &action, Mode::Live, &body)?;
-    let query = Query::parse(raw.as_deref());
-    let runtime = state.runtime();
-    let size = page_size(&action, &runtime.results);
-    let page = if action.paginated {
-        query.int("page", 1, 1, u64::from(u32::MAX))?
-    } else {
-        1
-    };
-    if let (Some(requested), Some(fixed)) = (query.list("page_size").last(), action.page_size) {
-        if requested.parse::<u64>().ok() != Some(fixed) {
-            return Err(ApiError::invalid_param(format!(
-                "page_size: fixed to {fixed} for {action_name} (read-only)"
-            ))
-            .scope(ErrorScope::Param)
-            .param("field", "page_size"));
-        }
-    }
-    let input = body.get("input").cloned().unwrap_or(Value::Null);
-    let input_hash = fnv(input.to_string().as_bytes());
-    let seed = state.config.seed;
-    record_live_run(&state, caller.owner, action.clone());
-    if !action.output_is_array {
-        let mut rng = rng_for(seed, &[action.id, input_hash]);
-        return Ok(ok_json(generate(
-            &state.spec,
-            &action.output_schema,
-            &mut rng,
-        )));
-    }
-    let total = runtime.results.live_total;
-    let start = (page - 1).saturating_mul(size);
-    let end = start.saturating_add(size).min(total);
-    let results: Vec<Value> = (start..end.max(start))
-        .map(|i| {
-            let mut rng = rng_for(seed, &[action.id, input_hash, i]);
-            generate(&state.spec, &action.output_schema, &mut rng)
-        })
-        .collect();
-    let mut response = ok_json(results);
-    if action.paginated {
-        let base = match &state.config.public_base_url {
-            Some(base) => base.trim_end_matches('/').to_owned(),
-            None => format!(
-                "http://{}/v4",
-                headers
-                    .get("host")
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("localhost")
-            ),
-        };
-        let link = |p: u64| format!("{base}/actions/{action_name}/run/live?page={p}");
-        let mut add = |name: &'static str, value: String| {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                response
-                    .headers_mut()
-                    .insert(HeaderName::from_static(name), v);
-            }
-        };
-        if end < total {
-            add("x-pagination-next", link(page + 1));
-        }
-        if page > 1 {
-            add("x-pagination-previous", link(page - 1));
-        }
-    }
-    Ok(response.into_response())
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }

@@ -1,5 +1,6 @@
-//! `/_sim/*`: test-time control outside the API: counters, and the runtime-tunable
-//! configuration (rate limits, faults, timings, outcomes, results, delivery).
+//! `/_sim/*`: test-time control outside the API: counters (with the batch ground truth summed
+//! over the stored runs), and the runtime-tunable configuration (rate limits, faults, timings,
+//! outcomes, results, delivery).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,16 +12,19 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::ok_json;
+use super::sim_runs::BatchTotals;
 use crate::config::RuntimeConfig;
 use crate::error::ApiError;
 use crate::state::SimState;
 
 pub(super) async fn stats(State(state): State<Arc<SimState>>) -> Response {
     let mut runs: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut batches = BatchTotals::default();
     let runs_total = {
         let store = state.store.runs();
         for run in store.by_uid.values() {
             *runs.entry(run.status.as_str()).or_default() += 1;
+            run.batches.iter().for_each(|b| batches.add(b));
         }
         store.by_uid.len()
     };
@@ -36,6 +40,7 @@ pub(super) async fn stats(State(state): State<Arc<SimState>>) -> Response {
         "injected_errors": counters.injected_errors,
         "callbacks": counters.callbacks,
         "callback_records": callback_records,
+        "batches": batches,
         "runs_created": counters.runs_created,
         "runs_stored": runs_total,
         "runs_by_status": runs,

@@ -6,8 +6,10 @@
 mod actions;
 mod callbacks;
 mod control;
+mod live;
 mod runs;
 mod schedules;
+mod sim_runs;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use crate::state::{Caller, SimState};
 /// Builds the whole router (no socket; tests may call it directly).
 pub fn router(state: Arc<SimState>) -> Router {
     let v4 = Router::new()
-        .route("/v4/actions/{action}/run/live", post(actions::live))
+        .route("/v4/actions/{action}/run/live", post(live::live))
         .route("/v4/actions/{action}/run/async", post(actions::run_async))
         .route("/v4/actions/{action}/run/schedule", post(actions::schedule))
         .route("/v4/runs", get(runs::list))
@@ -54,7 +56,9 @@ pub fn router(state: Arc<SimState>) -> Router {
             "/_sim/config",
             get(control::get_config).put(control::put_config),
         )
-        .route("/_sim/reset-stats", post(control::reset_stats));
+        .route("/_sim/reset-stats", post(control::reset_stats))
+        .route("/_sim/runs/{run_uid}/finish", post(sim_runs::finish))
+        .route("/_sim/runs/{run_uid}/deliveries", get(sim_runs::deliveries));
     v4.merge(control).fallback(fallback).with_state(state)
 }
 

@@ -35,7 +35,11 @@ pub fn fast_config() -> SimConfig {
 /// One received callback.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// Path and query the callback was posted to.
+    pub uri: String,
     pub headers: HeaderMap,
+    /// The exact bytes received.
+    pub raw: axum::body::Bytes,
     pub body: Value,
 }
 
@@ -81,11 +85,17 @@ type ReceiverState = (Arc<Mutex<Vec<Received>>>, Arc<AtomicU16>);
 
 async fn record(
     State((received, status)): State<ReceiverState>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    raw: axum::body::Bytes,
 ) -> StatusCode {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    received.lock().unwrap().push(Received { headers, body });
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    received.lock().unwrap().push(Received {
+        uri: uri.to_string(),
+        headers,
+        raw,
+        body,
+    });
     StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap()
 }
 
@@ -232,6 +242,44 @@ impl TestApp {
             .json()
             .await
             .unwrap()
+    }
+
+    /// `GET /_sim/runs/{uid}/deliveries`: the simulator's ground truth of one run.
+    pub async fn deliveries(&self, run_uid: &str) -> Value {
+        let resp = self
+            .client
+            .get(format!("{}/_sim/runs/{run_uid}/deliveries", self.root))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// `POST /_sim/runs/{uid}/finish`; answers the status and body.
+    pub async fn finish(&self, run_uid: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}/_sim/runs/{run_uid}/finish", self.root))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        // The answers are the spec's run object or APIError, like the API's.
+        let template = if status == 200 { "/runs/{run_uid}" } else { "" };
+        assert_matches_spec("GET", template, status, &body);
+        (status, body)
+    }
+
+    /// Waits until the run waits at its stall point; answers its ground truth then.
+    pub async fn wait_stalled(&self, run_uid: &str) -> Value {
+        eventually(|| async {
+            let truth = self.deliveries(run_uid).await;
+            (truth["stalled"] == true).then_some(truth)
+        })
+        .await
     }
 
     pub async fn stats(&self) -> Value {
