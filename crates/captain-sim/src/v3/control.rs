@@ -121,8 +121,9 @@ async fn get_job(
 }
 
 /// Everything the simulator knows of a job: the API view, each input with its status, error
-/// and the indexes of its rows, every result row in serving order with its input, and every
-/// webhook delivery. `None` for an unknown (or evicted) job.
+/// and the indexes of its rows, every result row in serving order with its input, every
+/// webhook delivery, and `settled` (no engine or webhook task left working on it). `None`
+/// for an unknown (or evicted) job.
 pub fn ground_truth(v3: &V3State, uid: Uuid) -> Option<Value> {
     let success = v3.runtime().behaviour.success_status;
     let store = v3.jobs();
@@ -154,5 +155,6 @@ pub fn ground_truth(v3: &V3State, uid: Uuid) -> Option<Value> {
         "inputs": inputs,
         "results": results,
         "webhooks": job.webhooks,
+        "settled": job.tasks == 0,
     }))
 }

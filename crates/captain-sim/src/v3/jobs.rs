@@ -146,6 +146,8 @@ pub struct Job {
     /// The Created webhook went out (or would have): a job starts once.
     pub started: bool,
     pub webhooks: Vec<WebhookRecord>,
+    /// Engine and webhook-retry tasks still working on the job.
+    pub tasks: u32,
     epoch: u64,
     wake: watch::Sender<u64>,
 }
@@ -268,6 +270,7 @@ pub fn create(
         retries: 0,
         started: false,
         webhooks: Vec::new(),
+        tasks: 0,
         epoch: 0,
         wake,
         workflow,
@@ -281,9 +284,38 @@ pub fn create(
     }
     add(&stats.jobs_created, 1);
     stats.move_job(None, Some(JobStatus::Pending.key()));
-    let task = v3.clone();
-    tokio::spawn(async move { drive(task, uid, 0, false).await });
+    let guard = TaskGuard::enter(v3, uid);
+    tokio::spawn(async move {
+        drive(guard.v3.clone(), uid, 0, false).await;
+        drop(guard);
+    });
     uid
+}
+
+/// Counts a task working on a job (`settled` in the ground truth) for as long as it lives.
+pub(crate) struct TaskGuard {
+    pub v3: Arc<V3State>,
+    uid: Uuid,
+}
+
+impl TaskGuard {
+    pub(crate) fn enter(v3: &Arc<V3State>, uid: Uuid) -> Self {
+        if let Some(job) = v3.jobs().by_uid.get_mut(&uid) {
+            job.tasks += 1;
+        }
+        Self {
+            v3: v3.clone(),
+            uid,
+        }
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if let Some(job) = self.v3.jobs().by_uid.get_mut(&self.uid) {
+            job.tasks = job.tasks.saturating_sub(1);
+        }
+    }
 }
 
 /// Drops the oldest ended jobs beyond `max_jobs` (running, pending and paused jobs stay).
@@ -292,7 +324,10 @@ fn evict(v3: &V3State, store: &mut JobStore) {
     let mut i = 0;
     while store.by_uid.len() > max && i < store.order.len() {
         let uid = store.order[i];
-        let ended = store.by_uid.get(&uid).map(|j| j.status.ended());
+        let ended = store
+            .by_uid
+            .get(&uid)
+            .map(|j| j.status.ended() && j.tasks == 0);
         match ended {
             Some(true) => {
                 if let Some(job) = store.by_uid.remove(&uid) {
@@ -370,8 +405,11 @@ pub fn retry(v3: &Arc<V3State>, project: &Project, uid: Uuid) -> Result<JobView,
         job.retries += 1;
         (epoch, job.view(success))
     };
-    let task = v3.clone();
-    tokio::spawn(async move { drive(task, uid, epoch, true).await });
+    let guard = TaskGuard::enter(v3, uid);
+    tokio::spawn(async move {
+        drive(guard.v3.clone(), uid, epoch, true).await;
+        drop(guard);
+    });
     Ok(view)
 }
 

@@ -357,9 +357,10 @@ pub fn retry(v3: &Arc<V3State>, project: &Project, job_uid: Uuid) -> Result<Uuid
         .ok_or_else(|| ApiError::internal("the webhook vanished while being retried"))?;
     let uid = prepared.uid;
     add(&v3.sim.stats.v3.webhooks_retried, 1);
-    let task = v3.clone();
+    let guard = super::jobs::TaskGuard::enter(v3, job_uid);
     tokio::spawn(async move {
-        deliver(&task, job_uid, prepared, None).await;
+        deliver(&guard.v3, job_uid, prepared, None).await;
+        drop(guard);
     });
     Ok(uid)
 }
