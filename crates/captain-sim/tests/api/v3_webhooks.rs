@@ -189,28 +189,42 @@ async fn only_the_enabled_events_are_sent_and_a_workflow_webhook_can_be_set_at_r
 }
 
 #[tokio::test]
-async fn a_failing_receiver_is_retried_with_backoff_until_it_answers() {
+async fn a_failing_receiver_gets_every_attempt_then_the_webhook_retry_route_delivers() {
     let app = spawn_v3().await;
     app.receiver.status.store(503, Ordering::SeqCst);
     let job = app.launch(WORKFLOW, launch_body(1)).await;
-    // Three attempts of Created reach the receiver, each answered 503.
-    app.wait_webhooks(&job, 3).await;
-    app.receiver.status.store(200, Ordering::SeqCst);
     let truth = app.wait_settled(&job).await;
     let records = truth["webhooks"].as_array().unwrap();
-    assert_eq!(records[0]["event"], "created");
-    assert_eq!(records[0]["status"], "failed");
-    assert_eq!(records[0]["attempts"], 3);
-    assert_eq!(records[0]["http_status"], 503);
-    assert_eq!(records[1]["status"], "delivered");
+    assert_eq!(records.len(), 2);
+    for (record, event) in records.iter().zip(["created", "succeeded"]) {
+        assert_eq!(record["event"], event);
+        assert_eq!(record["status"], "failed");
+        assert_eq!(record["attempts"], 3);
+        assert_eq!(record["http_status"], 503);
+    }
     let hooks = app.webhooks_of(&job);
+    assert_eq!(hooks.len(), 6);
     assert_eq!(
         hooks[0].body["uid"], hooks[2].body["uid"],
         "retries resend the same delivery"
     );
     let stats = app.stats().await["v3"]["webhooks"].clone();
-    assert_eq!(stats["failed"], 1);
-    assert_eq!(stats["attempts_failed"], 3);
+    assert_eq!(
+        (stats["failed"].as_u64(), stats["attempts_failed"].as_u64()),
+        (Some(2), Some(6))
+    );
+
+    app.receiver.status.store(200, Ordering::SeqCst);
+    let resp = app
+        .v3_post(&format!("/jobs/{job}/webhooks/retry"), json!({}))
+        .await;
+    assert_eq!(resp.status, 200);
+    let hooks = app.wait_webhooks(&job, 7).await;
+    assert_eq!(hooks[6].body["message"], "Job successfully finished.");
+    assert_ne!(
+        hooks[6].body["uid"], hooks[3].body["uid"],
+        "a retried webhook is a new delivery"
+    );
 }
 
 #[tokio::test]
