@@ -326,7 +326,10 @@ fn empty_post(path: String, endpoint: &'static str) -> Call {
     }
 }
 
-fn parse_success<T: DeserializeOwned>(http_status: u16, verdict: Verdict<Bytes>) -> Verdict<T> {
+pub(super) fn parse_success<T: DeserializeOwned>(
+    http_status: u16,
+    verdict: Verdict<Bytes>,
+) -> Verdict<T> {
     match verdict {
         Verdict::Success(bytes) => match serde_json::from_slice(&bytes) {
             Ok(value) => Verdict::Success(value),
@@ -342,7 +345,7 @@ fn parse_success<T: DeserializeOwned>(http_status: u16, verdict: Verdict<Bytes>)
     }
 }
 
-fn json_body<B: Serialize>(body: &B) -> Result<Bytes, SubmitError> {
+pub(super) fn json_body<B: Serialize>(body: &B) -> Result<Bytes, SubmitError> {
     serde_json::to_vec(body)
         .map(Bytes::from)
         .map_err(|e| SubmitError::InvalidRequest {
@@ -367,7 +370,7 @@ fn action_slug(action: &str) -> Result<&str, SubmitError> {
 }
 
 /// Uids go into the URL path too: `[A-Za-z0-9-]+` (UUIDs and the simulator's ids).
-fn identifier<'a>(what: &str, value: &'a str) -> Result<&'a str, SubmitError> {
+pub(super) fn identifier<'a>(what: &str, value: &'a str) -> Result<&'a str, SubmitError> {
     let ok = !value.is_empty()
         && value.len() <= MAX_PATH_SEGMENT
         && value

@@ -1,11 +1,14 @@
 //! The Captain Data v4 API client: wire types exactly per the OpenAPI document, error
 //! classification in one place, retries with capped jittered backoff, and 429 handling that
-//! honours `Retry-After`.
+//! honours `Retry-After`. [`v3`] is the client of the previous API generation (workflows and
+//! jobs), on the same request path; [`v3_wire`] holds its bodies and status mapping.
 
 mod client;
 mod error;
 pub mod limiter;
 mod retry;
+pub mod v3;
+pub mod v3_wire;
 pub mod wire;
 
 pub use client::{
