@@ -426,8 +426,11 @@ fn limiter(metrics: &Metrics) -> Arc<AdaptiveLimiter> {
         AdaptiveLimiter::new(
             LimiterConfig {
                 key_name: "v3".into(),
-                rate_per_sec: 50.0,
-                ceiling_per_sec: 50.0,
+                // Under the simulator's 20/s once paced, but a burst of 10 against its 5:
+                // the first burst meets 429s, the paced retries do not (a short test).
+                rate_per_sec: 15.0,
+                ceiling_per_sec: 15.0,
+                floor_per_sec: 10.0,
                 burst: 10,
                 default_cooldown: Duration::from_millis(300),
                 ..LimiterConfig::default()
@@ -445,7 +448,7 @@ async fn rate_limits_with_and_without_retry_after_are_waited_out_through_the_sha
         h.set_runtime(|r| {
             r.rate_limit = Some(
                 serde_json::from_value(
-                    json!({"rps": 20.0, "burst": 2, "retry_after": retry_after}),
+                    json!({"rps": 20.0, "burst": 5, "retry_after": retry_after}),
                 )
                 .unwrap(),
             );
