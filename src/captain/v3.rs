@@ -609,10 +609,13 @@ mod tests {
         at: TokioInstant,
     }
 
+    /// One scripted answer: status, an extra header, body.
+    type Answer = (u16, Option<(&'static str, String)>, Value);
+
     #[derive(Default)]
     struct Script {
-        /// (status, extra header, body); the last one repeats forever.
-        answers: Mutex<VecDeque<(u16, Option<(&'static str, String)>, Value)>>,
+        /// The last one repeats forever.
+        answers: Mutex<VecDeque<Answer>>,
         seen: Mutex<Vec<Seen>>,
     }
 
@@ -645,9 +648,7 @@ mod tests {
         response
     }
 
-    async fn serve(
-        answers: Vec<(u16, Option<(&'static str, String)>, Value)>,
-    ) -> (String, Arc<Script>) {
+    async fn serve(answers: Vec<Answer>) -> (String, Arc<Script>) {
         let script = Arc::new(Script {
             answers: Mutex::new(answers.into()),
             seen: Mutex::default(),
@@ -659,7 +660,7 @@ mod tests {
         (format!("http://{addr}/v3"), script)
     }
 
-    fn ok(body: Value) -> (u16, Option<(&'static str, String)>, Value) {
+    fn ok(body: Value) -> Answer {
         (200, None, body)
     }
 
