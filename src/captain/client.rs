@@ -356,6 +356,14 @@ fn read_json<T: DeserializeOwned>(
     })
 }
 
+/// A success whose body is the JSON of `T` (the v3 client reads its answers so).
+pub(super) fn parse_success<T: DeserializeOwned>(
+    http_status: u16,
+    verdict: Verdict<Bytes>,
+) -> Verdict<T> {
+    read_success(http_status, &HeaderMap::new(), verdict, read_json)
+}
+
 fn read_success<T>(
     http_status: u16,
     headers: &HeaderMap,
@@ -398,7 +406,7 @@ pub(super) fn action_slug(action: &str) -> Result<&str, SubmitError> {
 }
 
 /// Uids go into the URL path too: `[A-Za-z0-9-]+` (UUIDs and the simulator's ids).
-fn identifier<'a>(what: &str, value: &'a str) -> Result<&'a str, SubmitError> {
+pub(super) fn identifier<'a>(what: &str, value: &'a str) -> Result<&'a str, SubmitError> {
     let ok = !value.is_empty()
         && value.len() <= MAX_PATH_SEGMENT
         && value

@@ -1,6 +1,8 @@
 //! The Captain Data v4 API client: wire types exactly per the OpenAPI document, error
 //! classification in one place, retries with capped jittered backoff, 429 handling that
-//! honours `Retry-After`, and live calls with their pagination.
+//! honours `Retry-After`, and live calls with their pagination. [`v3`] is the client of the
+//! previous API generation (workflows and jobs), on the same request path; [`v3_wire`] holds
+//! its bodies and status mapping.
 
 mod client;
 mod error;
@@ -9,6 +11,8 @@ mod live;
 mod retry;
 #[cfg(test)]
 mod scripted;
+pub mod v3;
+pub mod v3_wire;
 pub mod wire;
 
 pub use client::{

@@ -37,6 +37,8 @@ pub struct SimConfig {
     pub public_base_url: Option<String>,
     /// Memory caps.
     pub limits: LimitsConfig,
+    /// The v3 API (workflows, jobs, webhooks) served under `/v3`.
+    pub v3: crate::v3::V3Config,
     /// Everything `PUT /_sim/config` may replace at run time.
     #[serde(flatten)]
     pub runtime: RuntimeConfig,
@@ -50,6 +52,7 @@ impl Default for SimConfig {
             time_scale: 1.0,
             public_base_url: None,
             limits: LimitsConfig::default(),
+            v3: crate::v3::V3Config::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -86,6 +89,7 @@ impl SimConfig {
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return Err(ConfigError::Invalid("time_scale must be > 0".into()));
         }
+        self.v3.validate()?;
         self.runtime.validate()
     }
 

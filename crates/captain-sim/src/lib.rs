@@ -6,6 +6,7 @@
 //! [`lifecycle`] (async), or records a schedule that [`schedules`] fires later. Runs produce
 //! paged results ([`generate`]) that [`delivery`] POSTs to the caller's callback URL,
 //! recording each delivery in [`store`]. [`stats`] counts everything for `/_sim/stats`.
+//! [`v3`] serves the previous API generation (workflows, jobs, webhooks) under `/v3`.
 //!
 //! Module map: `config` (settings), `spec` (OpenAPI document and validators), `generate`
 //! (fake results), `api` (routes), `lifecycle` (run engine), `delivery` (callback sender),
@@ -26,6 +27,7 @@ pub mod spec;
 pub mod state;
 pub mod stats;
 pub mod store;
+pub mod v3;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,7 +72,8 @@ impl Simulator {
             spec::spec()?,
             shutdown_rx.clone(),
         )?);
-        let router = api::router(state.clone());
+        let v3 = Arc::new(v3::V3State::new(state.clone())?);
+        let router = api::router(state.clone()).merge(v3::router(v3.clone()));
         let mut server_shutdown = shutdown_rx;
         let server = tokio::spawn(async move {
             let served = axum::serve(listener, router)
@@ -87,6 +90,7 @@ impl Simulator {
         Ok(SimHandle {
             addr,
             state,
+            v3,
             shutdown_tx,
             tasks: vec![server, scheduler],
         })
@@ -110,6 +114,7 @@ impl Simulator {
 pub struct SimHandle {
     addr: SocketAddr,
     state: Arc<state::SimState>,
+    v3: Arc<v3::V3State>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -144,6 +149,57 @@ impl SimHandle {
     pub fn set_runtime_config(&self, runtime: RuntimeConfig) -> Result<(), ConfigError> {
         runtime.validate()?;
         self.state.set_runtime(runtime);
+        Ok(())
+    }
+
+    /// `http://IP:PORT/v3`, the v3 API base URL to give a client.
+    pub fn v3_base_url(&self) -> String {
+        format!("http://{}/v3", self.addr)
+    }
+
+    /// The v3 API keys accepted and the project uid each opens (`x-project-id`).
+    pub fn v3_projects(&self) -> Vec<(String, uuid::Uuid)> {
+        self.v3.keys()
+    }
+
+    /// The v3 workflows as `(uid, name)`.
+    pub fn v3_workflows(&self) -> Vec<(uuid::Uuid, String)> {
+        self.v3
+            .workflows()
+            .iter()
+            .map(|w| (w.uid, w.name.clone()))
+            .collect()
+    }
+
+    /// Ground truth of a v3 job (same as `GET /_sim/v3/jobs/{uid}`): inputs, result rows,
+    /// webhook deliveries. `None` for an unknown job.
+    pub fn v3_job(&self, job_uid: uuid::Uuid) -> Option<serde_json::Value> {
+        v3::control::ground_truth(&self.v3, job_uid)
+    }
+
+    /// Sets (or removes) a v3 workflow's webhook (same as `PUT`/`DELETE
+    /// /_sim/v3/workflows/{uid}/webhook`).
+    pub fn set_v3_webhook(
+        &self,
+        workflow_uid: uuid::Uuid,
+        webhook: Option<v3::V3WebhookConfig>,
+    ) -> Result<(), ConfigError> {
+        let workflow = self
+            .v3
+            .workflow(workflow_uid)
+            .ok_or_else(|| ConfigError::Invalid(format!("v3: no workflow {workflow_uid}")))?;
+        if let Some(hook) = &webhook {
+            hook.validate()
+                .map_err(|e| ConfigError::Invalid(format!("v3 webhook.{e}")))?;
+        }
+        workflow.set_webhook(webhook);
+        Ok(())
+    }
+
+    /// Replaces the runtime-tunable `[v3]` configuration (same as `PUT /_sim/v3/config`).
+    pub fn set_v3_runtime_config(&self, runtime: v3::V3RuntimeConfig) -> Result<(), ConfigError> {
+        runtime.validate()?;
+        self.v3.set_runtime(runtime);
         Ok(())
     }
 

@@ -22,6 +22,8 @@ pub struct Stats {
     pub callbacks_replayed: AtomicU64,
     pub runs_created: AtomicU64,
     pub schedule_firings: AtomicU64,
+    /// The v3 surface's counters.
+    pub v3: crate::v3::stats::V3Stats,
 }
 
 /// Snapshot of the counters (the `/_sim/stats` body minus store-derived parts).
@@ -34,6 +36,7 @@ pub struct CountersView {
     pub callbacks: CallbackCounters,
     pub runs_created: u64,
     pub schedule_firings: u64,
+    pub v3: crate::v3::stats::V3StatsView,
 }
 
 /// Callback delivery counters.
@@ -88,6 +91,7 @@ impl Stats {
             },
             runs_created: get(&self.runs_created),
             schedule_firings: get(&self.schedule_firings),
+            v3: self.v3.snapshot(),
         }
     }
 
@@ -97,6 +101,7 @@ impl Stats {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clear();
+        self.v3.reset();
         for c in [
             &self.rate_limited,
             &self.injected_errors,

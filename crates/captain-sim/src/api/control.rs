@@ -46,6 +46,7 @@ pub(super) async fn stats(State(state): State<Arc<SimState>>) -> Response {
         "runs_by_status": runs,
         "schedules_by_status": schedules,
         "schedule_firings": counters.schedule_firings,
+        "v3": counters.v3,
     }))
 }
 

@@ -18,3 +18,11 @@ mod security;
 mod stalls;
 mod truth;
 mod validation;
+
+// The v3 API (workflows, jobs, webhooks).
+mod v3_auth;
+mod v3_faults;
+mod v3_jobs;
+mod v3_launch;
+mod v3_support;
+mod v3_webhooks;
