@@ -10,9 +10,11 @@
 //! - [`callbacks`]: the HTTP endpoint (tokens, limits, precise refusals) and ops endpoints;
 //! - [`ingest`]: one callback → result records + status event, answered once Kafka has them;
 //! - [`publish`]: domain events → Kafka records; [`app`]: wiring and ordered shutdown;
+//! - [`avro`]: Avro values in the Confluent wire format, the schema registry client;
 //! - [`config`], [`metrics`], [`telemetry`], [`shutdown`], [`locks`]: the supporting cast.
 
 pub mod app;
+pub mod avro;
 pub mod callbacks;
 pub mod captain;
 pub mod config;

@@ -73,6 +73,21 @@ pub enum RejectClass {
     InvalidSchedule,
     /// A field has a value the API would refuse (action slug, request_id, identity_mode).
     InvalidValue,
+    /// The value starts with neither JSON nor the Confluent wire format's magic byte 0.
+    WrongMagicByte,
+    /// Avro: the value ends inside the 5-byte header or inside the Avro datum.
+    TruncatedPayload,
+    /// Avro: the schema registry has no schema with the record's schema id.
+    UnknownSchemaId,
+    /// Avro: the bytes after the header are not one datum of the writer schema.
+    MalformedAvro,
+    /// Avro: the writer schema cannot be read as the bridge's schema (another record type, an
+    /// incompatible change, not an Avro schema).
+    IncompatibleSchema,
+    /// Avro: a field carrying a JSON object as text (`inputs`, `parameters`) is not JSON.
+    InvalidJsonText,
+    /// An Avro record arrived and no schema registry is configured to read it.
+    NoSchemaRegistry,
 }
 
 impl RejectClass {
@@ -84,6 +99,13 @@ impl RejectClass {
             RejectClass::UnknownMode => "unknown_mode",
             RejectClass::InvalidSchedule => "invalid_schedule",
             RejectClass::InvalidValue => "invalid_value",
+            RejectClass::WrongMagicByte => "wrong_magic_byte",
+            RejectClass::TruncatedPayload => "truncated_payload",
+            RejectClass::UnknownSchemaId => "unknown_schema_id",
+            RejectClass::MalformedAvro => "malformed_avro",
+            RejectClass::IncompatibleSchema => "incompatible_schema",
+            RejectClass::InvalidJsonText => "invalid_json_text",
+            RejectClass::NoSchemaRegistry => "no_schema_registry",
         }
     }
 }
@@ -94,7 +116,8 @@ impl fmt::Display for Rejection {
     }
 }
 
-fn reject(class: RejectClass, message: impl Into<String>) -> Rejection {
+/// A rejection of class `class` because of `message`.
+pub fn reject(class: RejectClass, message: impl Into<String>) -> Rejection {
     Rejection {
         class,
         message: message.into(),
@@ -130,7 +153,15 @@ pub struct RejectedContext {
 
 impl RejectedContext {
     pub fn from_bytes(payload: &[u8]) -> Self {
-        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(payload) else {
+        match serde_json::from_slice::<Value>(payload) {
+            Ok(value) => Self::from_value(&value),
+            Err(_) => Self::default(),
+        }
+    }
+
+    /// As [`RejectedContext::from_bytes`], from a value already decoded (JSON or Avro).
+    pub fn from_value(value: &Value) -> Self {
+        let Value::Object(map) = value else {
             return Self::default();
         };
         let text = |key: &str| {
