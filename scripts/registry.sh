@@ -12,7 +12,10 @@
 # Environment: REGISTRY_PORT (default: a free port), REGISTRY_HEAP (default 384m),
 # REGISTRY_START_TIMEOUT seconds (default 120), CAPTAIN_REGISTRY_DIR (default <repo>/.registry),
 # CAPTAIN_REGISTRY_INSTANCE (default none: one registry per instance name),
-# CAPTAIN_REGISTRY_JAVA (a java 21+ binary; default: the newest 21+ found, see find_java).
+# CAPTAIN_REGISTRY_JAVA (a java 21+ binary; default: the newest 21+ found, see find_java),
+# REGISTRY_TLS_DIR (also serve https with a test CA kept in this directory: made there with
+# openssl unless ca.pem, tls.pem and tls.key exist; prints SCHEMA_REGISTRY_TLS_URL=... and
+# SCHEMA_REGISTRY_CA_FILE=... before the last line), REGISTRY_TLS_PORT (default: a free port).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -74,6 +77,22 @@ fetch() {
   touch "$app/.complete"
 }
 
+# A CA and a certificate it signs for 127.0.0.1, for tests of the client's TLS settings.
+make_tls() {
+  local dir=$1
+  if [[ -f $dir/ca.pem && -f $dir/tls.pem && -f $dir/tls.key ]]; then return; fi
+  command -v openssl >/dev/null || { log "openssl is required for REGISTRY_TLS_DIR"; exit 1; }
+  mkdir -p "$dir"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj "/CN=captain-bridge test CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" \
+    -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$dir/tls.ext"
+  openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 7 -extfile "$dir/tls.ext" -out "$dir/tls.pem" 2>/dev/null
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -88,6 +107,7 @@ EOF
 
 alive() {
   [[ -f $state ]] || return 1
+  SCHEMA_REGISTRY_TLS_URL="" SCHEMA_REGISTRY_CA_FILE=""
   # shellcheck disable=SC1090
   source "$state"
   kill -0 "$REGISTRY_PID" 2>/dev/null
@@ -96,17 +116,27 @@ alive() {
 start() {
   if alive; then
     log "already running (pid $REGISTRY_PID)"
+    [[ -z ${SCHEMA_REGISTRY_TLS_URL:-} ]] || printf 'SCHEMA_REGISTRY_TLS_URL=%s\nSCHEMA_REGISTRY_CA_FILE=%s\n' "$SCHEMA_REGISTRY_TLS_URL" "$SCHEMA_REGISTRY_CA_FILE"
     echo "SCHEMA_REGISTRY_URL=$SCHEMA_REGISTRY_URL"
     return
   fi
   fetch
-  local java t0 port mport data pid url deadline
+  local java t0 port mport data pid url deadline tls_port tls_url="" tls=()
   java=$(find_java)
   t0=$(date +%s.%N)
   port=${REGISTRY_PORT:-$(free_port)}
   mport=$(free_port)
   data=$(mktemp -d "${TMPDIR:-/tmp}/captain-registry.XXXXXX")
   url=http://127.0.0.1:$port/apis/ccompat/v7
+  if [[ -n ${REGISTRY_TLS_DIR:-} ]]; then
+    make_tls "$REGISTRY_TLS_DIR"
+    tls_port=${REGISTRY_TLS_PORT:-$(free_port)}
+    tls_url=https://127.0.0.1:$tls_port/apis/ccompat/v7
+    tls=(-Dquarkus.http.ssl-port="$tls_port"
+      -Dquarkus.http.ssl.certificate.files="$REGISTRY_TLS_DIR/tls.pem"
+      -Dquarkus.http.ssl.certificate.key-files="$REGISTRY_TLS_DIR/tls.key"
+      -Dquarkus.http.insecure-requests=enabled)
+  fi
   # quarkus.management.enabled is fixed to true at Apicurio's build time (setting it false only
   # logs a warning), so the management interface is moved off its default 0.0.0.0:9000 to
   # loopback on a free port instead. Storage is Apicurio's default: in-memory H2.
@@ -117,13 +147,16 @@ start() {
       -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
       -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" \
       -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$mport" \
-      -Dquarkus.log.console.json=false \
+      -Dquarkus.log.console.json=false "${tls[@]}" \
       -jar "$app/quarkus-run.jar" >"$data/stdout.log" 2>&1 </dev/null &
     echo $! >"$data/pid"
   )
   pid=$(cat "$data/pid")
   mkdir -p "$rdir"
   printf 'REGISTRY_PID=%s\nREGISTRY_DATA=%s\nSCHEMA_REGISTRY_URL=%s\n' "$pid" "$data" "$url" >"$state"
+  if [[ -n $tls_url ]]; then
+    printf 'SCHEMA_REGISTRY_TLS_URL=%s\nSCHEMA_REGISTRY_CA_FILE=%s\n' "$tls_url" "$REGISTRY_TLS_DIR/ca.pem" >>"$state"
+  fi
 
   deadline=$(($(date +%s) + ${REGISTRY_START_TIMEOUT:-120}))
   # An open port is not a serving registry: ask for the subject list until it answers 200.
@@ -133,6 +166,9 @@ start() {
     sleep 0.3
   done
   log "Apicurio Registry $version up (pid $pid, java $(java_major "$java"), data $data) in $(python3 -c "import time; print(round(time.time()-$t0, 1))")s"
+  if [[ -n $tls_url ]]; then
+    printf 'SCHEMA_REGISTRY_TLS_URL=%s\nSCHEMA_REGISTRY_CA_FILE=%s\n' "$tls_url" "$REGISTRY_TLS_DIR/ca.pem"
+  fi
   echo "SCHEMA_REGISTRY_URL=$url"
 }
 
@@ -156,6 +192,10 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   fetch) fetch ;;
-  status) if alive; then echo "SCHEMA_REGISTRY_URL=$SCHEMA_REGISTRY_URL"; else exit 1; fi ;;
+  status)
+    alive || exit 1
+    [[ -z $SCHEMA_REGISTRY_TLS_URL ]] || printf 'SCHEMA_REGISTRY_TLS_URL=%s\nSCHEMA_REGISTRY_CA_FILE=%s\n' "$SCHEMA_REGISTRY_TLS_URL" "$SCHEMA_REGISTRY_CA_FILE"
+    echo "SCHEMA_REGISTRY_URL=$SCHEMA_REGISTRY_URL"
+    ;;
   *) echo "usage: $0 start|stop|status|fetch" >&2; exit 2 ;;
 esac

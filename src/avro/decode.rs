@@ -5,8 +5,7 @@
 //! for the dead-letter topic, or the registry's, to be retried later.
 
 use super::contract::{is_recursive, Contract, RecordKind};
-use super::encode::avro_reason;
-use super::error::{DecodeError, LaunchDecodeError, RegistryError};
+use super::error::{avro_reason, DecodeError, LaunchDecodeError, RegistryError};
 use super::registry::{SchemaById, SchemaRegistryClient};
 use super::values::to_json;
 use super::wire::{self, InputFormat};
@@ -310,10 +309,4 @@ fn ends_early(e: &apache_avro::Error) -> bool {
         source = s.source();
     }
     false
-}
-
-impl From<Rejection> for DecodeError {
-    fn from(r: Rejection) -> Self {
-        DecodeError::Rejected(r)
-    }
 }

@@ -5,7 +5,7 @@
 //! with a retriable error without piling requests onto the registry.
 
 use super::contract::{Contract, ContractSchema, RecordKind};
-use super::error::{EncodeError, RegistryError};
+use super::error::{avro_reason, EncodeError, RegistryError};
 use super::registry::{subject_name, SchemaById, SchemaRegistryClient};
 use super::settings::{Format, OutputFormats, SchemaRegistrySettings};
 use super::values::{result_value, status_value, StatusSymbols, ValueError};
@@ -348,19 +348,4 @@ impl AvroWriter {
             fetched: Instant::now(),
         })
     }
-}
-
-/// An Avro error's message with its causes, for a reason a human reads.
-pub(crate) fn avro_reason(e: &apache_avro::Error) -> String {
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !reason.contains(&text) {
-            reason.push_str(": ");
-            reason.push_str(&text);
-        }
-        source = s.source();
-    }
-    reason
 }

@@ -115,3 +115,24 @@ pub enum LaunchDecodeError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
+
+impl From<Rejection> for DecodeError {
+    fn from(r: Rejection) -> Self {
+        DecodeError::Rejected(r)
+    }
+}
+
+/// An Avro error's message with its causes, for a reason a human reads.
+pub(crate) fn avro_reason(e: &apache_avro::Error) -> String {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !reason.contains(&text) {
+            reason.push_str(": ");
+            reason.push_str(&text);
+        }
+        source = s.source();
+    }
+    reason
+}

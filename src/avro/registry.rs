@@ -125,7 +125,7 @@ impl SchemaRegistryClient {
                 match self.decoder.get_schema(id).await {
                     Ok(schema) => Ok(Ok(schema)),
                     Err(e) => match classify(OP, &e) {
-                        Failure::NotFound(_) => Ok(Err(SchemaById::NotFound)),
+                        Failure::NotFound { .. } => Ok(Err(SchemaById::NotFound)),
                         Failure::Registry(RegistryError::Invalid { reason, .. }) => {
                             Ok(Err(SchemaById::Unusable(reason)))
                         }
@@ -242,7 +242,10 @@ fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>, RegistryError> {
 #[derive(Debug, Clone, PartialEq)]
 enum Failure {
     /// HTTP 404 (unknown id, subject or version).
-    NotFound(String),
+    NotFound {
+        operation: &'static str,
+        reason: String,
+    },
     Registry(RegistryError),
 }
 
@@ -251,8 +254,8 @@ impl Failure {
     fn into_error(self, subject: &str) -> RegistryError {
         match self {
             Failure::Registry(e) => e,
-            Failure::NotFound(reason) => RegistryError::Refused {
-                operation: "subject",
+            Failure::NotFound { operation, reason } => RegistryError::Refused {
+                operation,
                 status: 404,
                 reason: format!("{subject}: {reason}"),
             },
@@ -275,7 +278,7 @@ fn classify(operation: &'static str, e: &SRCError) -> Failure {
         source = s.source();
     }
     match http_status(e) {
-        Some(404) => Failure::NotFound(reason),
+        Some(404) => Failure::NotFound { operation, reason },
         Some(status) if status == 408 || status == 429 || status >= 500 => {
             Failure::Registry(RegistryError::Unavailable { operation, reason })
         }
@@ -385,7 +388,10 @@ mod tests {
         let op = "register";
         assert_eq!(
             classify(op, &http_error(40403, "404 Not Found")),
-            Failure::NotFound("m (error code 40403)".into())
+            Failure::NotFound {
+                operation: op,
+                reason: "m (error code 40403)".into()
+            }
         );
         for (code, status) in [
             (50001, "500 Internal Server Error"),

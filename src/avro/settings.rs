@@ -188,6 +188,13 @@ impl SchemaRegistrySettings {
                 "writing with the latest registered version needs auto_register = false",
             ));
         }
+        if self.latest_cache_ttl < Duration::from_secs(1) {
+            // Below that, every record would ask the registry.
+            return Err(invalid(
+                "schema_registry.latest_cache_ttl",
+                "must be at least 1s",
+            ));
+        }
         if self.request_timeout.is_zero() {
             return Err(invalid(
                 "schema_registry.request_timeout",

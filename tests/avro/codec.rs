@@ -24,7 +24,11 @@ async fn output_records_encoded_in_avro_decode_to_their_json_form() {
     let status_bytes = encoder.encode_status(&event).await.unwrap();
     let result_bytes = encoder.encode_result(&result).await.unwrap();
     assert_eq!(status_bytes[0], 0, "magic byte");
-    assert_ne!(status_bytes[1..5], result_bytes[1..5], "one schema id per record type");
+    assert_ne!(
+        status_bytes[1..5],
+        result_bytes[1..5],
+        "one schema id per record type"
+    );
 
     let status = decoder
         .decode(RecordKind::RunStatusEvent, "run_status", &status_bytes)
@@ -46,7 +50,10 @@ async fn output_records_encoded_in_avro_decode_to_their_json_form() {
         .registry_request_duration
         .with_label_values(&["register"])
         .get_sample_count();
-    assert_eq!(registered, 2, "one registration per topic, then the cached id");
+    assert_eq!(
+        registered, 2,
+        "one registration per topic, then the cached id"
+    );
 }
 
 #[tokio::test]
@@ -76,7 +83,7 @@ async fn a_launch_request_in_json_and_in_avro_decode_through_the_same_entry_poin
     let client = client(&settings, &metrics);
     let contract = Contract::get().unwrap().schema(RecordKind::LaunchRequest);
     let id = client
-        .register(&unique("codec.launch") , &contract.registration_text)
+        .register(&unique("codec.launch"), &contract.registration_text)
         .await
         .unwrap();
 
@@ -132,7 +139,10 @@ async fn a_writer_schema_of_an_older_shape_is_resolved_to_the_bridges_schema() {
         json!({"action": "linkedin-extract-people", "inputs": ["{\"u\":1}"], "priority": 3, "request_id": null}),
     );
     let request = decoder.decode_launch(&record, "topic-0-42").await.unwrap();
-    assert_eq!(request.request_id, "topic-0-42", "no request_id: the fallback");
+    assert_eq!(
+        request.request_id, "topic-0-42",
+        "no request_id: the fallback"
+    );
     assert_eq!(request.inputs, vec![json!({"u": 1})]);
     assert!(request.metadata.is_empty() && request.identity_mode.is_none());
 
@@ -148,7 +158,10 @@ async fn a_writer_schema_of_an_older_shape_is_resolved_to_the_bridges_schema() {
         .unwrap();
     let command = avro_record(
         control,
-        &Contract::get().unwrap().schema(RecordKind::ControlCommand).schema,
+        &Contract::get()
+            .unwrap()
+            .schema(RecordKind::ControlCommand)
+            .schema,
         json!({"command_id": "c1", "command": "pause_schedule", "request_id": "r1",
                "run_uid": null, "schedule_uid": "s1", "reason": null}),
     );
@@ -169,9 +182,15 @@ async fn without_auto_register_the_schema_must_already_be_registered() {
     };
     let topics = topics("codec.lookup");
     let encoder = avro_encoder(&lookup, &topics, &metrics);
-    let err = encoder.encode_result(&run_result("r", 0)).await.unwrap_err();
+    let err = encoder
+        .encode_result(&run_result("r", 0))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, EncodeError::Registry(RegistryError::Refused { status: 404, .. })),
+        matches!(
+            err,
+            EncodeError::Registry(RegistryError::Refused { status: 404, .. })
+        ),
         "{err:?}"
     );
     assert!(!err.is_retriable());
@@ -182,7 +201,10 @@ async fn without_auto_register_the_schema_must_already_be_registered() {
         "a lookup never registers"
     );
 
-    let text = &Contract::get().unwrap().schema(RecordKind::RunResult).registration_text;
+    let text = &Contract::get()
+        .unwrap()
+        .schema(RecordKind::RunResult)
+        .registration_text;
     let id = client(&lookup, &metrics)
         .register(&format!("{}-value", topics.run_results), text)
         .await
@@ -200,8 +222,7 @@ async fn use_latest_version_writes_with_the_subjects_latest_schema() {
     let topics = topics("codec.latest");
     let subject = format!("{}-value", topics.run_results);
     // A later version of RunResult, registered by someone else: one more field, defaulted.
-    let mut later: serde_json::Value =
-        serde_json::from_str(RecordKind::RunResult.avsc()).unwrap();
+    let mut later: serde_json::Value = serde_json::from_str(RecordKind::RunResult.avsc()).unwrap();
     later["fields"]
         .as_array_mut()
         .unwrap()
@@ -234,7 +255,10 @@ async fn use_latest_version_writes_with_the_subjects_latest_schema() {
     assert_eq!(bytes[1..5], latest_id.to_be_bytes());
 
     // The run_status topic stayed JSON.
-    let status = encoder.encode_status(&status_event("r-latest")).await.unwrap();
+    let status = encoder
+        .encode_status(&status_event("r-latest"))
+        .await
+        .unwrap();
     assert_eq!(status[0], b'{');
 
     let decoded = decoder(&settings, &metrics)

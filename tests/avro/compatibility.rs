@@ -133,14 +133,26 @@ fn the_previous_version_is_the_last_committed_one_that_differs() {
         git(&dir, &["add", "schemas/X.avsc"]);
         git(
             &dir,
-            &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message],
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-qm",
+                message,
+            ],
         );
     };
     git(&dir, &["init", "-q"]);
     let v1 = r#"{"type":"record","name":"X","fields":[]}"#;
     let v2 = r#"{"type":"record","name":"X","fields":[{"name":"a","type":"int","default":0}]}"#;
     commit(v1, "v1");
-    assert_eq!(previous_version(&dir, "X.avsc", v1), None, "only one version");
+    assert_eq!(
+        previous_version(&dir, "X.avsc", v1),
+        None,
+        "only one version"
+    );
     commit(v2, "v2");
     // Committed: compared with the version before the last change.
     let (_, previous) = previous_version(&dir, "X.avsc", v2).unwrap();
@@ -149,6 +161,9 @@ fn the_previous_version_is_the_last_committed_one_that_differs() {
     let v3 = r#"{"type":"record","name":"X","fields":[]}"#;
     assert_eq!(previous_version(&dir, "X.avsc", v3).unwrap().1, v2);
     let v2_reformatted = v2.replace(',', ", ");
-    assert_eq!(previous_version(&dir, "X.avsc", &v2_reformatted).unwrap().1, v1);
+    assert_eq!(
+        previous_version(&dir, "X.avsc", &v2_reformatted).unwrap().1,
+        v1
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -72,7 +72,14 @@ fn consume(bootstrap: &str, registry: &str, topic: &str, count: usize) -> Vec<Va
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/avro-consumer.sh");
     let output = std::process::Command::new(script)
         .args(["consume", "--bootstrap", bootstrap, "--registry", registry])
-        .args(["--topic", topic, "--count", &count.to_string(), "--timeout", "60"])
+        .args([
+            "--topic",
+            topic,
+            "--count",
+            &count.to_string(),
+            "--timeout",
+            "60",
+        ])
         .output()
         .expect("scripts/avro-consumer.sh runs");
     assert!(

@@ -54,7 +54,10 @@ async fn each_undecodable_avro_launch_record_is_classified_precisely() {
     assert_eq!(fetches, 1);
 
     // Truncated payload: inside the header, and inside the datum.
-    assert_eq!(class_of(&decoder, &good[..3]).await.0, RejectClass::TruncatedPayload);
+    assert_eq!(
+        class_of(&decoder, &good[..3]).await.0,
+        RejectClass::TruncatedPayload
+    );
     let (class, reason) = class_of(&decoder, &good[..good.len() - 4]).await;
     assert_eq!(class, RejectClass::TruncatedPayload, "{reason}");
 
@@ -124,7 +127,10 @@ async fn an_incompatible_writer_schema_is_classified_as_such() {
     let changed = r#"{"type":"record","name":"LaunchRequest","namespace":"dev.captainbridge","fields":[
         {"name":"action","type":"int"},
         {"name":"inputs","type":{"type":"array","items":"string"}}]}"#;
-    let id = client.register(&unique("hostile.changed"), changed).await.unwrap();
+    let id = client
+        .register(&unique("hostile.changed"), changed)
+        .await
+        .unwrap();
     let schema = apache_avro::Schema::parse_str(changed).unwrap();
     let record = avro_record(id, &schema, json!({"action": 3, "inputs": ["{}"]}));
     let (class, reason) = class_of(&decoder, &record).await;
@@ -134,10 +140,16 @@ async fn an_incompatible_writer_schema_is_classified_as_such() {
     // A required field the writer does not have and the reader cannot default.
     let missing = r#"{"type":"record","name":"LaunchRequest","namespace":"dev.captainbridge","fields":[
         {"name":"inputs","type":{"type":"array","items":"string"}}]}"#;
-    let id = client.register(&unique("hostile.missing"), missing).await.unwrap();
+    let id = client
+        .register(&unique("hostile.missing"), missing)
+        .await
+        .unwrap();
     let schema = apache_avro::Schema::parse_str(missing).unwrap();
     let record = avro_record(id, &schema, json!({"inputs": ["{}"]}));
-    assert_eq!(class_of(&decoder, &record).await.0, RejectClass::IncompatibleSchema);
+    assert_eq!(
+        class_of(&decoder, &record).await.0,
+        RejectClass::IncompatibleSchema
+    );
 
     // Another record type altogether: a RunResult sent to the launch topic.
     let result = Contract::get().unwrap().schema(RecordKind::RunResult);
@@ -152,7 +164,10 @@ async fn an_incompatible_writer_schema_is_classified_as_such() {
                "index": 0, "action": "x", "input": null, "custom_data": null,
                "result": "{}", "received_at": "2026-01-01T00:00:00Z", "metadata": {}}),
     );
-    assert_eq!(class_of(&decoder, &record).await.0, RejectClass::IncompatibleSchema);
+    assert_eq!(
+        class_of(&decoder, &record).await.0,
+        RejectClass::IncompatibleSchema
+    );
 
     // A schema id that is not an Avro schema.
     let response = reqwest::Client::new()
@@ -178,9 +193,16 @@ async fn an_incompatible_writer_schema_is_classified_as_such() {
         {"name":"inputs","type":{"type":"array","items":"string"}},
         {"name":"chain","type":["null",{"type":"record","name":"Link","fields":[
             {"name":"next","type":["null","Link"],"default":null}]}],"default":null}]}"#;
-    let id = client.register(&unique("hostile.recursive"), recursive).await.unwrap();
+    let id = client
+        .register(&unique("hostile.recursive"), recursive)
+        .await
+        .unwrap();
     let schema = apache_avro::Schema::parse_str(recursive).unwrap();
-    let record = avro_record(id, &schema, json!({"action": "a", "inputs": ["{}"], "chain": null}));
+    let record = avro_record(
+        id,
+        &schema,
+        json!({"action": "a", "inputs": ["{}"], "chain": null}),
+    );
     let (class, reason) = class_of(&decoder, &record).await;
     assert_eq!(class, RejectClass::IncompatibleSchema, "{reason}");
     assert!(reason.contains("recursive"), "{reason}");

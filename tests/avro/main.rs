@@ -35,7 +35,10 @@ pub fn status_event(request_id: &str) -> RunStatusEvent {
         }),
         source: StatusSource::Callback,
         occurred_at: "2026-11-29T06:00:00.5Z".parse().unwrap(),
-        metadata: BTreeMap::from([("crm".into(), "42".into()), ("team".into(), "growth".into())]),
+        metadata: BTreeMap::from([
+            ("crm".into(), "42".into()),
+            ("team".into(), "growth".into()),
+        ]),
     }
 }
 
@@ -47,7 +50,9 @@ pub fn run_result(request_id: &str, index: u32) -> RunResult {
         batch_uid: "batch-1".into(),
         index,
         action: "linkedin-extract-people".into(),
-        input: Some(json!({"linkedin_profile_url": format!("https://www.linkedin.com/in/p{index}")})),
+        input: Some(
+            json!({"linkedin_profile_url": format!("https://www.linkedin.com/in/p{index}")}),
+        ),
         custom_data: Some(json!({"crm_id": index})),
         result: json!({
             "full_name": "Ada Lovelace",

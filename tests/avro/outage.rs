@@ -1,9 +1,9 @@
 //! A registry that goes away: known ids keep working, anything that needs the registry fails
 //! with an error that says "retry later" (never "this record is bad"), and it all works again
-//! once the registry is back.
+//! once the registry is back. This registry is reached over https, with a CA of its own.
 
-use crate::support::*;
 use crate::run_result;
+use crate::support::*;
 use captain_bridge::avro::{Contract, LaunchDecodeError, RecordKind};
 use captain_bridge::metrics::Metrics;
 use serde_json::json;
@@ -13,7 +13,16 @@ use std::time::Duration;
 async fn a_stopped_registry_is_a_retriable_error_and_a_restarted_one_works_again() {
     let registry = OwnRegistry::start("outage");
     let metrics = Metrics::new().unwrap();
-    let settings = settings(&registry.url);
+    // Without the private CA the registry's certificate is not trusted.
+    let untrusted = client(&settings(&registry.tls_url), &metrics)
+        .latest_id("any-value")
+        .await
+        .unwrap_err();
+    assert!(untrusted.to_string().contains("certificate"), "{untrusted}");
+    let settings = captain_bridge::avro::SchemaRegistrySettings {
+        ca_file: Some(registry.ca_file.clone()),
+        ..settings(&registry.tls_url)
+    };
     let topics = topics("outage");
     let contract = Contract::get().unwrap().schema(RecordKind::LaunchRequest);
     let launch = |id: u32| {

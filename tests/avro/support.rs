@@ -133,26 +133,38 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A registry of the test's own, on a fixed port so that it can be stopped and started again
-/// at the same URL. Stopped on drop (a failing test included).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A registry of the test's own, serving http and https (a test CA of its own), on fixed ports
+/// and with the same CA across restarts, so that it can be stopped and started again at the
+/// same URLs. Stopped, and its CA deleted, on drop (a failing test included).
 pub struct OwnRegistry {
     instance: String,
-    port: u16,
-    pub url: String,
+    ports: (u16, u16),
+    tls_dir: std::path::PathBuf,
+    /// The https URL.
+    pub tls_url: String,
+    /// The PEM file of the CA that signed the registry's certificate.
+    pub ca_file: std::path::PathBuf,
 }
 
 impl OwnRegistry {
     pub fn start(name: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let instance = format!("{name}-{}", std::process::id());
+        let tls_dir = std::env::temp_dir().join(format!("captain-registry-tls-{instance}"));
         let mut registry = Self {
-            instance: format!("{name}-{}", std::process::id()),
-            port,
-            url: String::new(),
+            instance,
+            ports: (free_port(), free_port()),
+            ca_file: tls_dir.join("ca.pem"),
+            tls_dir,
+            tls_url: String::new(),
         };
-        registry.url = registry.run("start");
+        registry.tls_url = registry.run("start");
         registry
     }
 
@@ -162,14 +174,17 @@ impl OwnRegistry {
 
     pub fn restart(&self) {
         let url = self.run("start");
-        assert_eq!(url, self.url, "the registry came back at another URL");
+        assert_eq!(url, self.tls_url, "the registry came back at another URL");
     }
 
+    /// Runs scripts/registry.sh; the https URL it printed.
     fn run(&self, command: &str) -> String {
         let output = Command::new(repo().join("scripts/registry.sh"))
             .arg(command)
             .env("CAPTAIN_REGISTRY_INSTANCE", &self.instance)
-            .env("REGISTRY_PORT", self.port.to_string())
+            .env("REGISTRY_PORT", self.ports.0.to_string())
+            .env("REGISTRY_TLS_PORT", self.ports.1.to_string())
+            .env("REGISTRY_TLS_DIR", &self.tls_dir)
             .output()
             .expect("scripts/registry.sh runs");
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -181,8 +196,7 @@ impl OwnRegistry {
         );
         stdout
             .lines()
-            .last()
-            .and_then(|l| l.strip_prefix("SCHEMA_REGISTRY_URL="))
+            .find_map(|l| l.strip_prefix("SCHEMA_REGISTRY_TLS_URL="))
             .unwrap_or_default()
             .to_owned()
     }
@@ -191,6 +205,7 @@ impl OwnRegistry {
 impl Drop for OwnRegistry {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.tls_dir);
     }
 }
 
