@@ -104,23 +104,24 @@ pub(crate) fn status_value(
     e: &RunStatusEvent,
     symbols: &StatusSymbols,
 ) -> Result<Value, ValueError> {
-    let error = match &e.error {
-        None => None,
-        Some(StatusError {
-            label,
-            scope,
-            message,
-            http_status,
-        }) => Some(Value::Record(vec![
-            ("label".into(), optional(label.as_deref().map(string))),
-            ("scope".into(), optional(scope.as_deref().map(string))),
-            ("message".into(), string(message)),
-            (
-                "http_status".into(),
-                optional(http_status.map(|s| Value::Int(i32::from(s)))),
-            ),
-        ])),
-    };
+    let error = e.error.as_ref().map(
+        |StatusError {
+             label,
+             scope,
+             message,
+             http_status,
+         }| {
+            Value::Record(vec![
+                ("label".into(), optional(label.as_deref().map(string))),
+                ("scope".into(), optional(scope.as_deref().map(string))),
+                ("message".into(), string(message)),
+                (
+                    "http_status".into(),
+                    optional(http_status.map(|s| Value::Int(i32::from(s)))),
+                ),
+            ])
+        },
+    );
     Ok(Value::Record(vec![
         ("request_id".into(), string(&e.request_id)),
         ("run_uid".into(), optional(e.run_uid.as_deref().map(string))),
