@@ -407,6 +407,7 @@ impl Settings {
                 .filter(|k| {
                     !SECRET_ENVS
                         .iter()
+                        .chain(&crate::avro::settings::SECRET_ENVS)
                         .any(|s| s[ENV_PREFIX.len()..].eq_ignore_ascii_case(k.as_str()))
                 })
                 .split("__"),

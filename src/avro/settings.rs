@@ -455,6 +455,19 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_secrets_are_not_read_as_config_overrides() {
+        // They share the CAPTAIN_BRIDGE_ prefix: the config loader must leave them alone.
+        std::env::set_var(ENV_REGISTRY_TOKEN, "tok");
+        let loaded = crate::config::Settings::load_from(None, |name| match name {
+            crate::config::ENV_API_KEY => Some("key".into()),
+            crate::config::ENV_CALLBACK_KEYS => Some("k1:c2VjcmV0LXNlY3JldC1zZWNyZXQ=".into()),
+            _ => None,
+        });
+        std::env::remove_var(ENV_REGISTRY_TOKEN);
+        loaded.unwrap();
+    }
+
+    #[test]
     fn credentials_in_a_url_are_redacted_in_debug_output() {
         let s = with_url("https://user:pw@registry:8081/x");
         let shown = format!("{s:?}");
