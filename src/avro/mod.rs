@@ -34,3 +34,34 @@ pub const ROLE_RUN_STATUS: &str = "run_status";
 pub const ROLE_RUN_RESULTS: &str = "run_results";
 pub const ROLE_LAUNCH_REQUESTS: &str = "launch_requests";
 pub const ROLE_CONTROL: &str = "control";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RunResult, RunStatusEvent};
+
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+
+    #[test]
+    fn the_codec_can_be_shared_between_tasks() {
+        send_sync::<RecordEncoder>();
+        send_sync::<RecordDecoder>();
+        send_sync::<SchemaRegistryClient>();
+    }
+
+    /// Compiles only if the codec's futures can be spawned on a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn the_codecs_futures_are_send(
+        e: &RecordEncoder,
+        d: &RecordDecoder,
+        s: &RunStatusEvent,
+        r: &RunResult,
+    ) {
+        send(&e.encode_status(s));
+        send(&e.encode_result(r));
+        send(&e.warm_up());
+        send(&d.decode_launch(b"", ""));
+        send(&d.decode_control(b""));
+    }
+}
