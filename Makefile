@@ -1,5 +1,5 @@
 # Everyday commands. `make help` lists them.
-.PHONY: help test check fmt lint kafka-start kafka-stop sim run bench-sim
+.PHONY: help test check fmt lint kafka-start kafka-stop registry-start registry-stop avro-cost sim run bench-sim
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,6 +20,15 @@ kafka-start: ## start a local broker (prints KAFKA_BOOTSTRAP_SERVERS=...)
 
 kafka-stop: ## stop it and delete its data
 	scripts/kafka.sh stop
+
+registry-start: ## start a local schema registry (prints SCHEMA_REGISTRY_URL=...)
+	scripts/registry.sh start
+
+registry-stop: ## stop it (its schemas are gone with it)
+	scripts/registry.sh stop
+
+avro-cost: ## ns per record to encode a RunResult, JSON vs Avro (needs SCHEMA_REGISTRY_URL)
+	cargo run --release --example avro_cost
 
 sim: ## run captain-sim on 127.0.0.1:8700 with API key "dev-key"
 	cargo run -p captain-sim -- --listen 127.0.0.1:8700 --api-key dev-key

@@ -581,7 +581,7 @@ impl Settings {
 /// `CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT` → `launch.max_in_flight`; `None` for the secrets,
 /// which are not settings.
 fn override_key(name: &str) -> Option<String> {
-    if SECRET_ENVS.contains(&name) {
+    if SECRET_ENVS.contains(&name) || crate::avro::settings::SECRET_ENVS.contains(&name) {
         return None;
     }
     let rest = name.strip_prefix(ENV_PREFIX)?;

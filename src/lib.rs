@@ -17,8 +17,11 @@
 //! - [`publish`]: domain events → Kafka records; [`token`]: callback tokens;
 //! - [`app`]: wiring and ordered shutdown; [`config`], [`metrics`], [`telemetry`],
 //!   [`shutdown`]: the supporting cast.
+//! - [`avro`]: Avro values in the Confluent wire format, the schema registry client (not
+//!   wired into the paths yet);
 
 pub mod app;
+pub mod avro;
 pub mod callbacks;
 pub mod captain;
 pub mod config;

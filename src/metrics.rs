@@ -88,6 +88,17 @@ pub struct Metrics {
     pub launches_routed: IntCounter,
     /// Launch records skipped because not even their dead letter could be written.
     pub launch_records_skipped: IntCounter,
+    /// Output records the codec could not encode, by topic (`run_status`, `run_results`) and
+    /// class (`registry_unavailable`, `registry_refused`, `invalid_value`, ...).
+    pub avro_encode_errors: IntCounterVec,
+    /// Input records that could not be decoded, by topic (`launch_requests`, `control`) and
+    /// class (`unknown_schema_id`, `truncated_payload`, `registry_unavailable`, ...).
+    pub avro_decode_errors: IntCounterVec,
+    /// Schema registry requests, by operation (`register`, `lookup`, `latest`,
+    /// `schema_by_id`, `compatibility`).
+    pub registry_request_duration: HistogramVec,
+    /// Schema registry requests that failed, by operation and class.
+    pub registry_request_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -265,6 +276,40 @@ impl Metrics {
         ] {
             registry.register(m)?;
         }
+        let avro_encode_errors = IntCounterVec::new(
+            Opts::new(
+                "avro_encode_errors_total",
+                "Output records not encoded, by topic and class",
+            ),
+            &["topic", "class"],
+        )?;
+        let avro_decode_errors = IntCounterVec::new(
+            Opts::new(
+                "avro_decode_errors_total",
+                "Input records not decoded, by topic and class",
+            ),
+            &["topic", "class"],
+        )?;
+        let registry_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "schema_registry_request_duration_seconds",
+                "One schema registry request, by operation",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["operation"],
+        )?;
+        let registry_request_failures = IntCounterVec::new(
+            Opts::new(
+                "schema_registry_request_failures_total",
+                "Schema registry requests that failed, by operation and class",
+            ),
+            &["operation", "class"],
+        )?;
+        registry.register(Box::new(avro_encode_errors.clone()))?;
+        registry.register(Box::new(avro_decode_errors.clone()))?;
+        registry.register(Box::new(registry_request_duration.clone()))?;
+        registry.register(Box::new(registry_request_failures.clone()))?;
+
         let launch_paused_for_cooldown = IntGauge::new(
             "launch_paused_for_cooldown",
             "1 while launch partitions are paused for an API rate-limit cooldown",
@@ -316,6 +361,10 @@ impl Metrics {
             launches_routed,
             launch_records_skipped,
             launches_waiting,
+            avro_encode_errors,
+            avro_decode_errors,
+            registry_request_duration,
+            registry_request_failures,
         })
     }
 

@@ -19,6 +19,18 @@ pub enum StatusSource {
     Bridge,
 }
 
+impl StatusSource {
+    /// The JSON (and Avro enum) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusSource::Submit => "submit",
+            StatusSource::Callback => "callback",
+            StatusSource::Poll => "poll",
+            StatusSource::Bridge => "bridge",
+        }
+    }
+}
+
 /// The error attached to a status event (API error fields, or the bridge's own reason).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusError {

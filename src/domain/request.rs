@@ -81,6 +81,21 @@ pub enum RejectClass {
     /// A record of an internal topic the bridge cannot read (written by another version, or
     /// damaged): dead-lettered rather than retried forever.
     InvalidRecord,
+    /// The value starts with neither JSON nor the Confluent wire format's magic byte 0.
+    WrongMagicByte,
+    /// Avro: the value ends inside the 5-byte header or inside the Avro datum.
+    TruncatedPayload,
+    /// Avro: the schema registry has no schema with the record's schema id.
+    UnknownSchemaId,
+    /// Avro: the bytes after the header are not one datum of the writer schema.
+    MalformedAvro,
+    /// Avro: the writer schema cannot be read as the bridge's schema (another record type, an
+    /// incompatible change, not an Avro schema).
+    IncompatibleSchema,
+    /// Avro: a field carrying a JSON object as text (`inputs`, `parameters`) is not JSON.
+    InvalidJsonText,
+    /// An Avro record arrived and no schema registry is configured to read it.
+    NoSchemaRegistry,
 }
 
 impl RejectClass {
@@ -93,6 +108,13 @@ impl RejectClass {
             RejectClass::InvalidSchedule => "invalid_schedule",
             RejectClass::InvalidValue => "invalid_value",
             RejectClass::InvalidRecord => "invalid_record",
+            RejectClass::WrongMagicByte => "wrong_magic_byte",
+            RejectClass::TruncatedPayload => "truncated_payload",
+            RejectClass::UnknownSchemaId => "unknown_schema_id",
+            RejectClass::MalformedAvro => "malformed_avro",
+            RejectClass::IncompatibleSchema => "incompatible_schema",
+            RejectClass::InvalidJsonText => "invalid_json_text",
+            RejectClass::NoSchemaRegistry => "no_schema_registry",
         }
     }
 }
@@ -103,7 +125,8 @@ impl fmt::Display for Rejection {
     }
 }
 
-fn reject(class: RejectClass, message: impl Into<String>) -> Rejection {
+/// A rejection of class `class` because of `message`.
+pub fn reject(class: RejectClass, message: impl Into<String>) -> Rejection {
     Rejection {
         class,
         message: message.into(),
@@ -139,7 +162,15 @@ pub struct RejectedContext {
 
 impl RejectedContext {
     pub fn from_bytes(payload: &[u8]) -> Self {
-        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(payload) else {
+        match serde_json::from_slice::<Value>(payload) {
+            Ok(value) => Self::from_value(&value),
+            Err(_) => Self::default(),
+        }
+    }
+
+    /// As [`RejectedContext::from_bytes`], from a value already decoded (JSON or Avro).
+    pub fn from_value(value: &Value) -> Self {
+        let Value::Object(map) = value else {
             return Self::default();
         };
         let text = |key: &str| {
