@@ -25,10 +25,9 @@ pub struct Metrics {
     /// `already_submitted`).
     pub launches: IntCounterVec,
     /// Calls to the Captain Data API, by endpoint (`run_async`, `run_schedule`, `get_run`, ...)
-    /// and HTTP code (`200`, `429`, ..., or `error` when no answer came).
+    /// and HTTP code (`200`, `429`, ..., or `error` when no answer came). The one count of 429
+    /// answers: `code="429"`.
     pub api_requests: IntCounterVec,
-    /// 429 answers, by mode (`async`, `schedule`, `api`).
-    pub api_rate_limited: IntCounterVec,
     /// Latency of single API calls (one attempt), by endpoint.
     pub api_duration: HistogramVec,
     /// Callbacks received, by outcome (`accepted`, `duplicate`, `unauthorized`, `malformed`,
@@ -46,12 +45,10 @@ pub struct Metrics {
     pub launches_in_flight: IntGauge,
     /// 1 while the launch partitions are paused because the API key is cooling down.
     pub launch_paused_for_cooldown: IntGauge,
-    /// 429 answers seen by the rate limiter, by key name (the configured name, never the
-    /// secret) and mode.
-    pub limiter_rate_limited: IntCounterVec,
     /// Seconds the rate limiter held a key in cooldown after 429s, by key name.
     pub limiter_cooldown_seconds: CounterVec,
-    /// Rate the limiter currently lets through (requests per second), by key name.
+    /// Rate the limiter currently lets through (requests per second), by key name (the
+    /// configured name, never the secret).
     pub limiter_permitted_rate: GaugeVec,
     /// Attempts waiting in the rate limiter right now, by key name.
     pub limiter_waiting: IntGaugeVec,
@@ -75,13 +72,6 @@ impl Metrics {
                 "Captain Data API calls, by endpoint and code",
             ),
             &["endpoint", "code"],
-        )?;
-        let api_rate_limited = IntCounterVec::new(
-            Opts::new(
-                "api_rate_limited_total",
-                "Captain Data API 429 answers, by mode",
-            ),
-            &["mode"],
         )?;
         let api_duration = HistogramVec::new(
             HistogramOpts::new("api_request_duration_seconds", "One Captain Data API call")
@@ -117,13 +107,6 @@ impl Metrics {
         let launches_in_flight =
             IntGauge::new("launches_in_flight", "Launch requests being processed")?;
 
-        let limiter_rate_limited = IntCounterVec::new(
-            Opts::new(
-                "api_limiter_rate_limited_total",
-                "429 answers seen by the rate limiter, by key name and mode",
-            ),
-            &["key", "mode"],
-        )?;
         let limiter_cooldown_seconds = CounterVec::new(
             Opts::new(
                 "api_rate_limit_cooldown_seconds_total",
@@ -133,7 +116,7 @@ impl Metrics {
         )?;
         let limiter_permitted_rate = GaugeVec::new(
             Opts::new(
-                "api_permitted_rate",
+                "api_permitted_requests_per_second",
                 "Requests per second the rate limiter currently lets through",
             ),
             &["key"],
@@ -161,7 +144,6 @@ impl Metrics {
         registry.register(Box::new(launch_paused_for_cooldown.clone()))?;
         registry.register(Box::new(launches.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
-        registry.register(Box::new(api_rate_limited.clone()))?;
         registry.register(Box::new(api_duration.clone()))?;
         registry.register(Box::new(callbacks.clone()))?;
         registry.register(Box::new(callback_ack_duration.clone()))?;
@@ -169,7 +151,6 @@ impl Metrics {
         registry.register(Box::new(produce_errors.clone()))?;
         registry.register(Box::new(runs_in_flight.clone()))?;
         registry.register(Box::new(launches_in_flight.clone()))?;
-        registry.register(Box::new(limiter_rate_limited.clone()))?;
         registry.register(Box::new(limiter_cooldown_seconds.clone()))?;
         registry.register(Box::new(limiter_permitted_rate.clone()))?;
         registry.register(Box::new(limiter_waiting.clone()))?;
@@ -179,7 +160,6 @@ impl Metrics {
             registry,
             launches,
             api_requests,
-            api_rate_limited,
             api_duration,
             callbacks,
             callback_ack_duration,
@@ -188,7 +168,6 @@ impl Metrics {
             runs_in_flight,
             launches_in_flight,
             launch_paused_for_cooldown,
-            limiter_rate_limited,
             limiter_cooldown_seconds,
             limiter_permitted_rate,
             limiter_waiting,
