@@ -411,6 +411,8 @@ fn consumer_config(settings: &Settings) -> kafka::ConsumerConfig {
             let mut p = with_client_id(k);
             p.entry("session.timeout.ms".into())
                 .or_insert_with(|| k.session_timeout.as_millis().to_string());
+            p.entry("statistics.interval.ms".into())
+                .or_insert_with(|| k.statistics_interval.as_millis().to_string());
             p
         },
         ..Default::default()

@@ -75,6 +75,10 @@ pub struct KafkaSettings {
     /// others (librdkafka's 45 s default stalls launches that long after a `kill -9`).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// How often the consumer reports librdkafka's statistics, from which
+    /// `captain_bridge_consumer_lag_records` is set; `0s` turns them off.
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`).
     pub properties: BTreeMap<String, String>,
 }
@@ -91,6 +95,7 @@ impl Default for KafkaSettings {
             replication_factor: 1,
             delivery_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
+            statistics_interval: Duration::from_secs(15),
             properties: BTreeMap::new(),
         }
     }
@@ -473,6 +478,12 @@ impl Settings {
             return Err(invalid(
                 "kafka.session_timeout",
                 "must be within 6s..=300s (the broker's group limits)",
+            ));
+        }
+        if self.kafka.statistics_interval > Duration::from_secs(86_400) {
+            return Err(invalid(
+                "kafka.statistics_interval",
+                "must be at most 24h (librdkafka's limit); 0s turns statistics off",
             ));
         }
         if self.kafka.partitions < 1 {

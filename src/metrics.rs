@@ -54,6 +54,11 @@ pub struct Metrics {
     pub limiter_waiting: IntGaugeVec,
     /// Time one attempt waited in the rate limiter (pacing and cooldown), by key name.
     pub limiter_wait: HistogramVec,
+    /// 1 while `/readyz` answers ready, 0 otherwise; set at each scrape of `/metrics`.
+    pub ready: IntGauge,
+    /// Consumer lag in records, by topic, summed over the partitions this instance fetches
+    /// (from librdkafka's statistics, see [`crate::kafka::stats`]).
+    pub consumer_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -141,6 +146,19 @@ impl Metrics {
             "launch_paused_for_cooldown",
             "1 while launch partitions are paused for an API rate-limit cooldown",
         )?;
+        let ready = IntGauge::new(
+            "ready",
+            "1 while the instance answers ready on /readyz, 0 otherwise",
+        )?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "consumer_lag_records",
+                "Records behind the high watermark (committed offsets), by topic, over the partitions this instance fetches",
+            ),
+            &["topic"],
+        )?;
+        registry.register(Box::new(ready.clone()))?;
+        registry.register(Box::new(consumer_lag.clone()))?;
         registry.register(Box::new(launch_paused_for_cooldown.clone()))?;
         registry.register(Box::new(launches.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
@@ -172,6 +190,8 @@ impl Metrics {
             limiter_permitted_rate,
             limiter_waiting,
             limiter_wait,
+            ready,
+            consumer_lag,
         })
     }
 

@@ -18,6 +18,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tokio::sync::Notify;
@@ -25,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::offsets::{OffsetTracker, TopicPartition};
+use super::stats::LagRecorder;
 use crate::metrics::Metrics;
 
 /// Launch consumer settings. The app maps its configuration onto this.
@@ -193,9 +195,15 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 
 struct LaunchContext {
     shared: Arc<Shared>,
+    lag: LagRecorder,
 }
 
-impl ClientContext for LaunchContext {}
+impl ClientContext for LaunchContext {
+    /// Called every `statistics.interval.ms` (set by the app from `kafka.statistics_interval`).
+    fn stats(&self, statistics: Statistics) {
+        self.lag.record(&statistics);
+    }
+}
 
 impl ConsumerContext for LaunchContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -274,6 +282,7 @@ impl LaunchConsumer {
         let consumer: Consumed = cc
             .create_with_context(LaunchContext {
                 shared: shared.clone(),
+                lag: LagRecorder::new(metrics.consumer_lag.clone()),
             })
             .map_err(ConsumerError::Setup)?;
         consumer

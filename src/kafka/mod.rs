@@ -1,4 +1,5 @@
-//! Kafka: the launch consumer with ordered offset tracking, the producer, the run-state view.
+//! Kafka: the launch consumer with ordered offset tracking, the producer, the run-state view,
+//! consumer lag from librdkafka's statistics.
 
 pub mod admin;
 pub mod consumer;
@@ -7,6 +8,7 @@ pub mod murmur2;
 pub mod offsets;
 pub mod producer;
 pub mod state;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 

@@ -473,3 +473,49 @@ async fn ensure_topics_rejects_an_existing_topic_that_is_not_compacted() {
         .unwrap_err();
     assert!(matches!(err, AdminError::NotCompacted { topic: ref t, .. } if *t == topic));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_launch_consumer_reports_its_lag_from_librdkafka_statistics() {
+    let topic = unique("launch");
+    let group = unique("group");
+    create_topic(&topic, 2, false).await;
+    produce_numbered(&topic, 10).await;
+    let ends = high_watermarks(&topic, 2).await;
+    // The first two records of each partition are done; the rest wait until released.
+    let expected: i64 = ends.iter().map(|end| (end - 2).max(0)).sum();
+    let release = CancellationToken::new();
+    let handler = {
+        let release = release.clone();
+        FnHandler(move |r: InboundRecord| {
+            let release = release.clone();
+            async move {
+                if r.offset < 2 {
+                    return HandleOutcome::Done;
+                }
+                release.cancelled().await;
+                HandleOutcome::Abandoned
+            }
+            .boxed()
+        })
+    };
+    let mut config = consumer_config(&topic, &group);
+    config.properties = BTreeMap::from([("statistics.interval.ms".to_owned(), "200".to_owned())]);
+    let metrics = metrics();
+    let consumer = LaunchConsumer::new(config, metrics.clone()).unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consumer.run(Arc::new(handler), shutdown.clone()));
+
+    let gauge = metrics.consumer_lag.with_label_values(&[&topic]);
+    wait_until("the lag of the stored offsets", || async {
+        gauge.get() == expected
+    })
+    .await;
+
+    release.cancel();
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert!(
+        expected > 0,
+        "the test needs waiting records: ends {ends:?}"
+    );
+}
