@@ -10,12 +10,15 @@
 //! - [`callbacks`]: the HTTP endpoint (tokens, limits, precise refusals) and ops endpoints;
 //! - [`ingest`]: one callback → result records + status event, answered once Kafka has them;
 //! - [`publish`]: domain events → Kafka records; [`app`]: wiring and ordered shutdown;
-//! - [`config`], [`metrics`], [`telemetry`], [`shutdown`], [`locks`]: the supporting cast.
+//! - [`config`], [`metrics`], [`telemetry`], [`shutdown`], [`locks`]: the supporting cast;
+//! - `demo` (feature `demo`): the whole loop in one process, for `captain-bridge demo`.
 
 pub mod app;
 pub mod callbacks;
 pub mod captain;
 pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod domain;
 pub mod ingest;
 pub mod kafka;
