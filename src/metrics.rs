@@ -17,6 +17,25 @@ const LIMITER_WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// `outcome` values of `launch_requests_total`.
+const LAUNCH_OUTCOMES: &[&str] = &[
+    "submitted",
+    "rejected",
+    "submit_failed",
+    "already_submitted",
+];
+/// `outcome` values of `callbacks_total`.
+const CALLBACK_OUTCOMES: &[&str] = &[
+    "accepted",
+    "duplicate",
+    "unauthorized",
+    "malformed",
+    "too_large",
+    "unavailable",
+];
+/// `topic` values (topic roles) of `records_produced_total` and `produce_errors_total`.
+const TOPIC_ROLES: &[&str] = &["status", "results", "dead_letter", "state"];
+
 /// The bridge's metrics. Cheap to clone (every field is an `Arc` inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -174,6 +193,20 @@ impl Metrics {
         registry.register(Box::new(limiter_waiting.clone()))?;
         registry.register(Box::new(limiter_wait.clone()))?;
 
+        // Every known label value is exported from the start at 0: a counter that appears only
+        // at its first increment has no rate until its second sample, and an alert on its
+        // rate (produce errors, 503 answers) or on its absence of increase could not fire.
+        for outcome in LAUNCH_OUTCOMES {
+            launches.with_label_values(&[outcome]);
+        }
+        for outcome in CALLBACK_OUTCOMES {
+            callbacks.with_label_values(&[outcome]);
+        }
+        for role in TOPIC_ROLES {
+            records_produced.with_label_values(&[role]);
+            produce_errors.with_label_values(&[role]);
+        }
+
         Ok(Self {
             registry,
             launches,
@@ -208,5 +241,28 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_with_known_label_values_are_exported_at_zero_before_any_event() {
+        let text = Metrics::new().unwrap().render();
+
+        for line in [
+            r#"captain_bridge_produce_errors_total{topic="results"} 0"#,
+            r#"captain_bridge_callbacks_total{outcome="unavailable"} 0"#,
+            r#"captain_bridge_launch_requests_total{outcome="submit_failed"} 0"#,
+            r#"captain_bridge_records_produced_total{topic="state"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
     }
 }
