@@ -98,24 +98,39 @@ pub async fn ensure_topics(
         .iter()
         .map(|s| ResourceSpecifier::Topic(&s.name))
         .collect();
-    let described = admin.describe_configs(resources.iter(), &options).await?;
-    for (spec, result) in compacted.iter().zip(described) {
-        let resource = result.map_err(|code| AdminError::Create {
-            topic: spec.name.clone(),
-            code,
-        })?;
-        let actual = resource
-            .get("cleanup.policy")
-            .and_then(|e| e.value.clone())
-            .unwrap_or_default();
-        if !actual.split(',').any(|p| p.trim() == "compact") {
-            return Err(AdminError::NotCompacted {
+    // A topic created a moment ago can be described without its configuration yet (seen on a
+    // fresh broker under load): ask again until it shows, within `timeout`.
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let described = admin.describe_configs(resources.iter(), &options).await?;
+        let mut unreported = None;
+        for (spec, result) in compacted.iter().zip(described) {
+            let resource = result.map_err(|code| AdminError::Create {
                 topic: spec.name.clone(),
-                actual,
+                code,
+            })?;
+            match resource.get("cleanup.policy").and_then(|e| e.value.clone()) {
+                None => unreported = Some(spec.name.clone()),
+                Some(actual) if !actual.split(',').any(|p| p.trim() == "compact") => {
+                    return Err(AdminError::NotCompacted {
+                        topic: spec.name.clone(),
+                        actual,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        let Some(topic) = unreported else {
+            return Ok(());
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AdminError::NotCompacted {
+                topic,
+                actual: "no cleanup.policy reported".into(),
             });
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
 }
 
 /// The number of partitions of `topic`, from cluster metadata.
