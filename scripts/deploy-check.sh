@@ -42,12 +42,17 @@ step() {
   if [[ -n ${step_name:-} ]]; then timings+=("$(printf '%4ds  %s' $((now - step_started)) "$step_name")"); fi
   step_name=$1
   step_started=$now
+  steps=$((${steps:-0} + 1))
   printf '\n== deploy-check: %s\n' "$1" >&2
 }
 
 pids=()
 cleanup() {
   local status=$?
+  # The closing line CI reads: each step is a check; a failed one ends the run.
+  if ((status != 0)); then
+    printf '\ndeploy-check: step "%s" failed\ndeploy-check: %d passed, 1 failed\n' "${step_name:-}" "$((${steps:-1} - 1))" >&2
+  fi
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     kill -TERM "${pids[i]}" 2>/dev/null || true
   done
@@ -345,3 +350,4 @@ if wants image; then check_image; fi
 step "done"
 printf '\ndeploy-check: every check passed; time per step:\n' >&2
 printf '  %s\n' "${timings[@]}" >&2
+echo "deploy-check: ${#timings[@]} passed, 0 failed"
