@@ -285,9 +285,17 @@ check_image() {
   strip -o "$context/bin/captain-bridge" target/debug/captain-bridge
   strip -o "$context/bin/captain-sim" target/debug/captain-sim
   local image=localhost/captain-bridge:deploy-check
+  # buildah keeps a working container of the `binaries` stage after the build, and the
+  # previous run's image becomes dangling: remove both, so runs do not pile up on disk.
+  local before
+  before=$("${buildah[@]}" containers --quiet | sort)
   "${buildah[@]}" build --quiet --isolation chroot --format docker --layers=false \
     --target runtime --build-arg BINARIES=prebuilt --build-arg RUNTIME_IMAGE="$base" \
     -f Dockerfile -t "$image" "$context" >/dev/null
+  # Housekeeping only: a failure here must not fail the check.
+  comm -13 <(echo "$before") <("${buildah[@]}" containers --quiet | sort) |
+    xargs -r "${buildah[@]}" rm >/dev/null 2>&1 || true
+  "${buildah[@]}" rmi --prune >/dev/null 2>&1 || true
   "${buildah[@]}" inspect --type image "$image" | python3 -c '
 import json, sys
 c = json.load(sys.stdin)["Docker"]["config"]
