@@ -93,7 +93,11 @@ install_tools() {
   command -v kubernetes-validate >/dev/null || pip+=(kubernetes-validate==1.37.0)
   python3 -c 'import matplotlib' 2>/dev/null || pip+=(matplotlib==3.11.2)
   python3 -c 'import yaml' 2>/dev/null || pip+=(PyYAML==6.0.3)
-  if ((${#pip[@]})); then python3 -m pip install -q --disable-pip-version-check "${pip[@]}"; fi
+  if ((${#pip[@]})); then
+    python3 -m pip install -q --disable-pip-version-check "${pip[@]}"
+    # Under pyenv (CI's Python) new console scripts are on PATH only once shims are rehashed.
+    if command -v pyenv >/dev/null; then pyenv rehash; fi
+  fi
   local gobin
   gobin=$(go env GOPATH)/bin
   export PATH=$gobin:$PATH
