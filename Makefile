@@ -1,5 +1,5 @@
 # Everyday commands. `make help` lists them.
-.PHONY: help test check fmt lint kafka-start kafka-stop registry-start registry-stop avro-cost sim run bench-sim
+.PHONY: help test check fmt lint deploy-check demo kafka-start kafka-stop registry-start registry-stop avro-cost sim run bench-sim
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -7,7 +7,13 @@ help:
 test: ## every test, against a real Kafka started (and stopped) by the script
 	scripts/test.sh
 
-check: fmt lint test ## what CI runs
+check: fmt lint test deploy-check ## what CI runs
+
+deploy-check: ## image, compose, Helm chart, dashboard and alerts, each with its real tool
+	scripts/deploy-check.sh
+
+demo: ## the whole loop in one process (embedded Kafka, captain-sim in process)
+	cargo run -- demo
 
 fmt: ## check formatting
 	cargo fmt --all --check

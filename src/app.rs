@@ -451,10 +451,15 @@ async fn co_partitioned(settings: &Settings, access: &ClusterAccess) -> anyhow::
     Ok(first)
 }
 
-/// A topic's `max.message.bytes`, or Kafka's default when it cannot be read.
+/// A topic's `max.message.bytes`, or Kafka's default when it cannot be read (a cluster
+/// without the admin API, such as the demo's embedded one, answers nothing: hence the short
+/// bound).
 async fn topic_limit(access: &ClusterAccess, topic: &str) -> usize {
-    match kafka::admin::topic_config(access, topic, "max.message.bytes", Duration::from_secs(30))
+    let asked =
+        kafka::admin::topic_config(access, topic, "max.message.bytes", Duration::from_secs(5));
+    match tokio::time::timeout(Duration::from_secs(5), asked)
         .await
+        .unwrap_or_else(|_| Err(kafka::AdminError::UnknownTopic(topic.to_owned())))
     {
         Ok(Some(v)) => v.parse().unwrap_or(1_048_588),
         Ok(None) => 1_048_588,
@@ -498,5 +503,8 @@ fn consumer_properties(settings: &Settings) -> std::collections::BTreeMap<String
     let mut p = with_client_id(k);
     p.entry("session.timeout.ms".into())
         .or_insert_with(|| k.session_timeout.as_millis().to_string());
+    // librdkafka's statistics feed the consumer-lag metric (see kafka::stats).
+    p.entry("statistics.interval.ms".into())
+        .or_insert_with(|| k.statistics_interval.as_millis().to_string());
     p
 }

@@ -87,6 +87,10 @@ pub struct KafkaSettings {
     /// Largest record the bridge writes to (and creates) its internal topics: a callback body
     /// or a launch request. Internal topics get it as `max.message.bytes`.
     pub max_record_bytes: usize,
+    /// How often the consumer reports librdkafka's statistics, from which
+    /// `captain_bridge_consumer_lag_records` is set; `0s` turns them off.
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`).
     pub properties: BTreeMap<String, String>,
 }
@@ -105,6 +109,7 @@ impl Default for KafkaSettings {
             session_timeout: Duration::from_secs(10),
             transaction_timeout: Duration::from_secs(15),
             max_record_bytes: 10 * 1024 * 1024,
+            statistics_interval: Duration::from_secs(15),
             properties: BTreeMap::new(),
         }
     }
@@ -485,6 +490,12 @@ impl Settings {
             return Err(invalid(
                 "kafka.session_timeout",
                 "must be within 6s..=300s (the broker's group limits)",
+            ));
+        }
+        if self.kafka.statistics_interval > Duration::from_secs(86_400) {
+            return Err(invalid(
+                "kafka.statistics_interval",
+                "must be at most 24h (librdkafka's limit); 0s turns statistics off",
             ));
         }
         if self.kafka.partitions < 1 {

@@ -19,12 +19,15 @@
 //!   [`shutdown`]: the supporting cast.
 //! - [`avro`]: Avro values in the Confluent wire format, the schema registry client (not
 //!   wired into the paths yet);
+//! - `demo` (feature `demo`): the whole loop in one process, for `captain-bridge demo`.
 
 pub mod app;
 pub mod avro;
 pub mod callbacks;
 pub mod captain;
 pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod domain;
 pub mod intake;
 pub mod kafka;

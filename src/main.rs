@@ -1,5 +1,7 @@
 //! The `captain-bridge` binary: parse the command line, set up logging, then hand over to
-//! the library (`run` serves until SIGTERM; `check-config` validates and exits).
+//! the library (`run` serves until SIGTERM; `check-config` validates and exits; `demo` runs
+//! the whole loop in one process; `healthcheck` asks a running bridge's `/healthz`, for
+//! container health checks in images that have no HTTP client).
 
 use anyhow::Context;
 use captain_bridge::app::Application;
@@ -35,6 +37,19 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Show the loop with no service to install: an embedded Kafka (librdkafka's mock
+    /// cluster), captain-sim in process and the bridge; prints every record it publishes.
+    #[cfg(feature = "demo")]
+    Demo,
+    /// Exit 0 if the bridge at URL answers 2xx within 3 s, 1 otherwise (a HEALTHCHECK).
+    Healthcheck {
+        #[arg(
+            long,
+            env = "CAPTAIN_BRIDGE_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:9090/healthz"
+        )]
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +65,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        #[cfg(feature = "demo")]
+        Command::Demo => demo(),
+        Command::Healthcheck { url } => healthcheck(&url),
         Command::Run { config } => {
             let settings = match Settings::load(config.as_deref()) {
                 Ok(s) => s,
@@ -88,4 +106,49 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         );
         app.run_until_stopped(stop).await
     })
+}
+
+#[cfg(feature = "demo")]
+fn demo() -> ExitCode {
+    // Warnings only, so the records printed stay readable; RUST_LOG still wins.
+    telemetry::init(&captain_bridge::config::LogSettings {
+        format: "text".into(),
+        level: "warn".into(),
+    });
+    let outcome = tokio::runtime::Runtime::new()
+        .context("starting the tokio runtime")
+        .and_then(|rt| rt.block_on(captain_bridge::demo::run(&mut std::io::stdout())));
+    match outcome {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthcheck(url: &str) -> ExitCode {
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+        .and_then(|rt| {
+            rt.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(3))
+                    .build()?;
+                Ok::<_, anyhow::Error>(client.get(url).send().await?.status())
+            })
+        });
+    match answer {
+        Ok(status) if status.is_success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("healthcheck: {url} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {url}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

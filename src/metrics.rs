@@ -21,6 +21,30 @@ const LIMITER_WAIT_BUCKETS: &[f64] = &[
 const RESTORE_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
+/// `outcome` values of `launch_requests_total`.
+const LAUNCH_OUTCOMES: &[&str] = &[
+    "submitted",
+    "rejected",
+    "submit_failed",
+    "already_submitted",
+];
+/// `outcome` values of `callbacks_total`.
+const CALLBACK_OUTCOMES: &[&str] = &[
+    "accepted",
+    "unauthorized",
+    "malformed",
+    "too_large",
+    "unavailable",
+];
+/// `topic` values (topic roles) of `records_produced_total` and `produce_errors_total`.
+const TOPIC_ROLES: &[&str] = &[
+    "status",
+    "results",
+    "dead_letter",
+    "state",
+    "requests",
+    "callbacks",
+];
 
 /// The bridge's metrics. Cheap to clone (every field is an `Arc` inside).
 #[derive(Clone)]
@@ -30,10 +54,9 @@ pub struct Metrics {
     /// `already_submitted`).
     pub launches: IntCounterVec,
     /// Calls to the Captain Data API, by endpoint (`run_async`, `run_schedule`, `get_run`, ...)
-    /// and HTTP code (`200`, `429`, ..., or `error` when no answer came).
+    /// and HTTP code (`200`, `429`, ..., or `error` when no answer came). The one count of 429
+    /// answers: `code="429"`.
     pub api_requests: IntCounterVec,
-    /// 429 answers, by mode (`live`, `async`, `schedule`, `api`).
-    pub api_rate_limited: IntCounterVec,
     /// Latency of single API calls (one attempt), by endpoint.
     pub api_duration: HistogramVec,
     /// Callbacks received, by outcome (`accepted`, `duplicate`, `unauthorized`, `malformed`,
@@ -51,12 +74,10 @@ pub struct Metrics {
     pub launches_in_flight: IntGauge,
     /// 1 while the launch partitions are paused because the API key is cooling down.
     pub launch_paused_for_cooldown: IntGauge,
-    /// 429 answers seen by the rate limiter, by key name (the configured name, never the
-    /// secret) and mode.
-    pub limiter_rate_limited: IntCounterVec,
     /// Seconds the rate limiter held a key in cooldown after 429s, by key name.
     pub limiter_cooldown_seconds: CounterVec,
-    /// Rate the limiter currently lets through (requests per second), by key name.
+    /// Rate the limiter currently lets through (requests per second), by key name (the
+    /// configured name, never the secret).
     pub limiter_permitted_rate: GaugeVec,
     /// Attempts waiting in the rate limiter right now, by key name.
     pub limiter_waiting: IntGaugeVec,
@@ -99,6 +120,11 @@ pub struct Metrics {
     pub registry_request_duration: HistogramVec,
     /// Schema registry requests that failed, by operation and class.
     pub registry_request_failures: IntCounterVec,
+    /// 1 while `/readyz` answers ready, 0 otherwise; set at each scrape of `/metrics`.
+    pub ready: IntGauge,
+    /// Consumer lag in records, by topic, summed over the partitions this instance fetches
+    /// (from librdkafka's statistics, see [`crate::kafka::stats`]).
+    pub consumer_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -117,13 +143,6 @@ impl Metrics {
                 "Captain Data API calls, by endpoint and code",
             ),
             &["endpoint", "code"],
-        )?;
-        let api_rate_limited = IntCounterVec::new(
-            Opts::new(
-                "api_rate_limited_total",
-                "Captain Data API 429 answers, by mode",
-            ),
-            &["mode"],
         )?;
         let api_duration = HistogramVec::new(
             HistogramOpts::new("api_request_duration_seconds", "One Captain Data API call")
@@ -159,13 +178,6 @@ impl Metrics {
         let launches_in_flight =
             IntGauge::new("launches_in_flight", "Launch requests being processed")?;
 
-        let limiter_rate_limited = IntCounterVec::new(
-            Opts::new(
-                "api_limiter_rate_limited_total",
-                "429 answers seen by the rate limiter, by key name and mode",
-            ),
-            &["key", "mode"],
-        )?;
         let limiter_cooldown_seconds = CounterVec::new(
             Opts::new(
                 "api_rate_limit_cooldown_seconds_total",
@@ -175,7 +187,7 @@ impl Metrics {
         )?;
         let limiter_permitted_rate = GaugeVec::new(
             Opts::new(
-                "api_permitted_rate",
+                "api_permitted_requests_per_second",
                 "Requests per second the rate limiter currently lets through",
             ),
             &["key"],
@@ -314,10 +326,22 @@ impl Metrics {
             "launch_paused_for_cooldown",
             "1 while launch partitions are paused for an API rate-limit cooldown",
         )?;
+        let ready = IntGauge::new(
+            "ready",
+            "1 while the instance answers ready on /readyz, 0 otherwise",
+        )?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "consumer_lag_records",
+                "Records behind the high watermark (committed offsets), by topic, over the partitions this instance fetches",
+            ),
+            &["topic"],
+        )?;
+        registry.register(Box::new(ready.clone()))?;
+        registry.register(Box::new(consumer_lag.clone()))?;
         registry.register(Box::new(launch_paused_for_cooldown.clone()))?;
         registry.register(Box::new(launches.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
-        registry.register(Box::new(api_rate_limited.clone()))?;
         registry.register(Box::new(api_duration.clone()))?;
         registry.register(Box::new(callbacks.clone()))?;
         registry.register(Box::new(callback_ack_duration.clone()))?;
@@ -325,17 +349,29 @@ impl Metrics {
         registry.register(Box::new(produce_errors.clone()))?;
         registry.register(Box::new(runs_in_flight.clone()))?;
         registry.register(Box::new(launches_in_flight.clone()))?;
-        registry.register(Box::new(limiter_rate_limited.clone()))?;
         registry.register(Box::new(limiter_cooldown_seconds.clone()))?;
         registry.register(Box::new(limiter_permitted_rate.clone()))?;
         registry.register(Box::new(limiter_waiting.clone()))?;
         registry.register(Box::new(limiter_wait.clone()))?;
 
+        // Every known label value is exported from the start at 0: a counter that appears only
+        // at its first increment has no rate until its second sample, and an alert on its
+        // rate (produce errors, 503 answers) or on its absence of increase could not fire.
+        for outcome in LAUNCH_OUTCOMES {
+            launches.with_label_values(&[outcome]);
+        }
+        for outcome in CALLBACK_OUTCOMES {
+            callbacks.with_label_values(&[outcome]);
+        }
+        for role in TOPIC_ROLES {
+            records_produced.with_label_values(&[role]);
+            produce_errors.with_label_values(&[role]);
+        }
+
         Ok(Self {
             registry,
             launches,
             api_requests,
-            api_rate_limited,
             api_duration,
             callbacks,
             callback_ack_duration,
@@ -344,7 +380,6 @@ impl Metrics {
             runs_in_flight,
             launches_in_flight,
             launch_paused_for_cooldown,
-            limiter_rate_limited,
             limiter_cooldown_seconds,
             limiter_permitted_rate,
             limiter_waiting,
@@ -365,6 +400,8 @@ impl Metrics {
             avro_decode_errors,
             registry_request_duration,
             registry_request_failures,
+            ready,
+            consumer_lag,
         })
     }
 
@@ -381,5 +418,28 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_with_known_label_values_are_exported_at_zero_before_any_event() {
+        let text = Metrics::new().unwrap().render();
+
+        for line in [
+            r#"captain_bridge_produce_errors_total{topic="results"} 0"#,
+            r#"captain_bridge_callbacks_total{outcome="unavailable"} 0"#,
+            r#"captain_bridge_launch_requests_total{outcome="submit_failed"} 0"#,
+            r#"captain_bridge_records_produced_total{topic="state"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
     }
 }

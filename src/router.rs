@@ -12,6 +12,7 @@
 
 use crate::domain::request::{self, derived_request_id, Mode, RejectedContext};
 use crate::domain::{Rejection, RunStatus, RunStatusEvent, StatusError, StatusSource};
+use crate::kafka::stats::{CommittedOffsets, LagRecorder};
 use crate::kafka::{
     InboundRecord, OutRecord, ProducerConfig, TopicPartition, TxnError, TxnProducer,
 };
@@ -24,6 +25,7 @@ use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,6 +71,8 @@ struct RouterCore {
     advanced: bool,
     /// After an abort, records below these offsets are redone one transaction each.
     isolate_below: HashMap<TopicPartition, i64>,
+    /// Where committed offsets are told to the consumer-lag metric.
+    committed: Arc<CommittedOffsets>,
 }
 
 fn lock(core: &Mutex<RouterCore>) -> MutexGuard<'_, RouterCore> {
@@ -180,6 +184,9 @@ impl RouterCore {
         self.producer.begin()?;
         let offsets = self.offsets();
         self.producer.commit(&offsets, group)?;
+        for (tp, position) in &self.positions {
+            self.committed.set(&tp.topic, tp.partition, *position);
+        }
         self.advanced = false;
         Ok(())
     }
@@ -193,9 +200,15 @@ impl RouterCore {
 
 struct RouterContext {
     core: Arc<Mutex<RouterCore>>,
+    lag: LagRecorder,
 }
 
-impl ClientContext for RouterContext {}
+impl ClientContext for RouterContext {
+    /// Every `statistics.interval.ms`: the launch topic's consumer lag.
+    fn stats(&self, statistics: Statistics) {
+        self.lag.record(&statistics);
+    }
+}
 
 impl ConsumerContext for RouterContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -219,6 +232,7 @@ impl ConsumerContext for RouterContext {
                     let tp = TopicPartition::new(e.topic(), e.partition());
                     core.positions.remove(&tp);
                     core.isolate_below.remove(&tp);
+                    core.committed.forget(e.topic(), e.partition());
                 }
                 core.advanced = false;
             });
@@ -264,6 +278,7 @@ impl LaunchRouter {
         metrics: Metrics,
     ) -> Result<Self, RouterError> {
         let producer = new_producer(&config, &metrics).map_err(RouterError::Producer)?;
+        let committed = Arc::new(CommittedOffsets::default());
         let core = Arc::new(Mutex::new(RouterCore {
             producer,
             records,
@@ -272,6 +287,7 @@ impl LaunchRouter {
             positions: HashMap::new(),
             advanced: false,
             isolate_below: HashMap::new(),
+            committed: committed.clone(),
         }));
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &config.bootstrap)
@@ -290,7 +306,10 @@ impl LaunchRouter {
             cc.set(k, v);
         }
         let consumer: RouterConsumer = cc
-            .create_with_context(RouterContext { core: core.clone() })
+            .create_with_context(RouterContext {
+                core: core.clone(),
+                lag: LagRecorder::with_commits(metrics.consumer_lag.clone(), committed),
+            })
             .map_err(RouterError::Setup)?;
         consumer
             .subscribe(&[&config.launch_topic])

@@ -46,6 +46,11 @@ pub fn ops_router(metrics: Metrics, readiness: Readiness) -> Router {
 }
 
 async fn metrics_text(State(state): State<OpsState>) -> impl IntoResponse {
+    // Exported so that "no instance ready" can be alerted on from Prometheus alone.
+    state
+        .metrics
+        .ready
+        .set(i64::from(state.readiness.is_ready()));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -321,12 +321,6 @@ impl CaptainClient {
             .api_requests
             .with_label_values(&[call.endpoint, &code])
             .inc();
-        if matches!(verdict, Verdict::RateLimited { .. }) {
-            self.metrics
-                .api_rate_limited
-                .with_label_values(&[call.mode.as_str()])
-                .inc();
-        }
         verdict
     }
 }
@@ -644,7 +638,10 @@ mod tests {
         let seen = script.seen.lock().unwrap();
         assert_eq!(seen.len(), 2);
         assert!(seen[1].at - seen[0].at >= Duration::from_secs(2));
-        let limited = metrics.api_rate_limited.with_label_values(&["async"]).get();
+        let limited = metrics
+            .api_requests
+            .with_label_values(&["run_async", "429"])
+            .get();
         assert_eq!(limited, 1);
     }
 

@@ -467,10 +467,6 @@ impl AttemptGate for AdaptiveLimiter {
 
     fn on_rate_limited(&self, mode: RateMode, retry_after: Option<Duration>) {
         let key = self.config.key_name.as_str();
-        self.metrics
-            .limiter_rate_limited
-            .with_label_values(&[key, mode.as_str()])
-            .inc();
         let now = Instant::now();
         let wait = retry_after
             .unwrap_or(self.config.default_cooldown)

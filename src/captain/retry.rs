@@ -71,7 +71,7 @@ pub enum RateMode {
 }
 
 impl RateMode {
-    /// The `mode` label of `api_rate_limited`.
+    /// The mode's name in logs (`async`, `schedule`, `api`).
     pub fn as_str(self) -> &'static str {
         match self {
             RateMode::Live => "live",

@@ -503,10 +503,6 @@ impl V3Client {
             .inc();
         match verdict {
             Verdict::RateLimited { retry_after, error } => {
-                self.metrics
-                    .api_rate_limited
-                    .with_label_values(&[call.mode.as_str()])
-                    .inc();
                 // No v3 source shows rate-limit headers. With a gate, `None` lets the shared
                 // limiter apply its default cooldown; without one, wait the configured default
                 // rather than the (short) retry backoff.

@@ -7,6 +7,7 @@ pub mod mock;
 pub mod murmur2;
 pub mod offsets;
 pub mod producer;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 pub mod txn;

@@ -17,6 +17,7 @@ use crate::domain::{
     RequestInfo, RunResult, RunResultRef, RunState, Submission,
 };
 use crate::intake::CallbackPayload;
+use crate::kafka::stats::CommittedOffsets;
 use crate::kafka::{InboundRecord, OffsetTracker, TopicPartition, TxnError, TxnProducer};
 use crate::metrics::Metrics;
 use crate::publish::{Origin, RecordBuilder, H_CHUNK, H_RECEIVED_AT};
@@ -101,6 +102,7 @@ pub struct Core {
     /// Receipt times of the callbacks in the open transaction (commit latency).
     received: Vec<DateTime<Utc>>,
     stopping: bool,
+    committed: Arc<CommittedOffsets>,
 }
 
 /// Parts the core is built from.
@@ -112,6 +114,8 @@ pub struct CoreParts {
     pub submitter: Arc<Submitter>,
     pub reports: JobReports,
     pub report_rx: Receiver<JobMessage>,
+    /// Where committed offsets are told to the consumer-lag metric.
+    pub committed: Arc<CommittedOffsets>,
 }
 
 impl Core {
@@ -141,6 +145,7 @@ impl Core {
             held_count: 0,
             received: Vec::new(),
             stopping: false,
+            committed: parts.committed,
         }
     }
 
@@ -273,6 +278,7 @@ impl Core {
         self.trackers.revoke(&tps);
         for tp in &tps {
             self.positions.remove(tp);
+            self.committed.forget(&tp.topic, tp.partition);
         }
         self.dirty.retain(|(p, _)| !partitions.contains(p));
         self.waiting.retain(|r| !partitions.contains(&r.partition));
@@ -774,6 +780,11 @@ impl Core {
             }
         }
         self.producer.commit(&offsets, group)?;
+        for e in offsets.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                self.committed.set(e.topic(), e.partition(), o);
+            }
+        }
         self.advanced = false;
         self.applied.clear();
         let now = Utc::now();

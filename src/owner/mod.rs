@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod restore;
 
 use self::core::{Core, CoreConfig, CoreParts};
+use crate::kafka::stats::{CommittedOffsets, LagRecorder};
 use crate::kafka::{
     InboundRecord, PauseControl, ProducerConfig, RecordProducer, TopicPartition, TxnError,
     TxnProducer,
@@ -28,6 +29,7 @@ use jobs::{JobReports, Submitter};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use restore::{RestoreConfig, Restored};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -85,9 +87,15 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
 struct OwnerContext {
     core: Arc<Mutex<Core>>,
     requests_topic: String,
+    lag: LagRecorder,
 }
 
-impl ClientContext for OwnerContext {}
+impl ClientContext for OwnerContext {
+    /// Every `statistics.interval.ms`: the requests and callbacks topics' consumer lag.
+    fn stats(&self, statistics: Statistics) {
+        self.lag.record(&statistics);
+    }
+}
 
 impl ConsumerContext for OwnerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -156,6 +164,7 @@ impl PartitionOwner {
         let producer = new_producer(&config, &metrics).map_err(OwnerError::Producer)?;
         let (tx, report_rx) = std::sync::mpsc::channel();
         let wake = Arc::new(Notify::new());
+        let committed = Arc::new(CommittedOffsets::default());
         let core = Arc::new(Mutex::new(Core::new(CoreParts {
             config: CoreConfig {
                 requests_topic: config.requests_topic.clone(),
@@ -173,6 +182,7 @@ impl PartitionOwner {
                 wake: wake.clone(),
             },
             report_rx,
+            committed: committed.clone(),
         })));
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &config.bootstrap)
@@ -199,6 +209,7 @@ impl PartitionOwner {
             .create_with_context(OwnerContext {
                 core: core.clone(),
                 requests_topic: config.requests_topic.clone(),
+                lag: LagRecorder::with_commits(metrics.consumer_lag.clone(), committed),
             })
             .map_err(OwnerError::Setup)?;
         consumer
@@ -248,7 +259,9 @@ impl PartitionOwner {
                 },
             }
         };
+        tracing::debug!("owner: stopping restores");
         restores.shutdown().await;
+        tracing::debug!("owner: draining");
         self.shut_down(paused).await;
         result
     }
@@ -414,13 +427,6 @@ impl PartitionOwner {
 
     async fn shut_down(self, mut paused: HashSet<TopicPartition>) {
         lock(&self.core).stop_taking();
-        let mut all = TopicPartitionList::new();
-        for tp in lock(&self.core).installed() {
-            all.add_partition(&tp.topic, tp.partition);
-        }
-        if let Err(e) = self.consumer.pause(&all) {
-            tracing::debug!(error = %e, "pause at shutdown failed");
-        }
         paused.clear();
         let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
         while lock(&self.core).jobs_in_flight() > 0 && tokio::time::Instant::now() < deadline {
@@ -432,7 +438,9 @@ impl PartitionOwner {
             }
         }
         lock(&self.core).abort_jobs();
+        tracing::debug!("owner: final commit");
         self.commit();
+        tracing::debug!("owner: leaving the group");
         // Leaving the group revokes (and commits, nothing left) inside close: off the workers.
         let consumer = self.consumer;
         let closed = tokio::task::spawn_blocking(move || drop(consumer)).await;

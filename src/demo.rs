@@ -1,17 +1,18 @@
-//! The embedded quick start: `cargo run --example quickstart` runs the whole loop with no
-//! external service. An embedded Kafka (librdkafka's mock cluster), an in-process captain-sim
-//! and the bridge itself; a few launch requests go in, and every status, result and
-//! dead-letter record is printed as it arrives. For trying the bridge only: the mock cluster
-//! proves nothing about delivery guarantees (see docs/quickstart.md).
+//! `captain-bridge demo`: the whole loop in one process with no external service, so that an
+//! installed binary or the container image can show what the bridge does. An embedded Kafka
+//! (librdkafka's mock cluster), captain-sim in process and the bridge itself; a few launch
+//! requests go in, and every status, result and dead-letter record is printed as it arrives.
+//! For trying the bridge only: the mock cluster proves nothing about delivery guarantees (see
+//! docs/quickstart.md). Behind the `demo` cargo feature (on by default), which brings in
+//! captain-sim.
 
+use crate::app::Application;
+use crate::config::{Settings, ENV_API_KEY, ENV_CALLBACK_KEYS};
+use crate::domain::RunStatus;
+use crate::kafka::EmbeddedKafka;
+use crate::publish::{H_ERROR_CLASS, H_ERROR_REASON};
 use anyhow::{bail, Context};
 use base64::Engine;
-use captain_bridge::app::Application;
-use captain_bridge::config::{Settings, ENV_API_KEY, ENV_CALLBACK_KEYS};
-use captain_bridge::domain::RunStatus;
-use captain_bridge::kafka::EmbeddedKafka;
-use captain_bridge::publish::{H_ERROR_CLASS, H_ERROR_REASON};
-use captain_bridge::telemetry;
 use captain_sim::{SimConfig, SimHandle, Simulator};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -20,39 +21,42 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-const API_KEY: &str = "quickstart-key";
+/// What a finished demo saw on the output topics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DemoSummary {
+    /// Records read from the status topic.
+    pub status_records: usize,
+    /// Records read from the results topic.
+    pub result_records: usize,
+    /// Records read from the dead-letter topic.
+    pub dead_letter_records: usize,
+    /// From start to the last record.
+    pub elapsed: Duration,
+}
+
+const API_KEY: &str = "demo-key";
 const PARTITIONS: i32 = 3;
 /// Everything (four runs, a dozen callbacks) normally settles in a few seconds.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// What each sample request must end with for the quick start to pass.
+/// What each sample request must end with for the demo to pass.
 #[derive(Clone, Copy, PartialEq)]
 enum Expect {
     Final,
     Rejected,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("quickstart failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run() -> anyhow::Result<()> {
+/// Runs the demo to its end, writing what happens to `out`: an embedded Kafka, captain-sim
+/// in process and the bridge, four sample requests in, every output record printed as it
+/// arrives. Fails when a request does not reach its expected end within a minute.
+pub async fn run<W: Write>(out: &mut W) -> anyhow::Result<DemoSummary> {
     let started = Instant::now();
     let mut settings = bridge_settings()?;
-    // Warnings only, so the records printed below stay readable; RUST_LOG still wins.
-    telemetry::init(&settings.log);
 
     let topics = settings.kafka.topics.clone();
     // The mock cluster has no admin API, so the bridge cannot create its topics: they are made
@@ -67,27 +71,30 @@ async fn run() -> anyhow::Result<()> {
             (topics.dead_letter.as_str(), PARTITIONS),
             (topics.control.as_str(), PARTITIONS),
             (topics.runs.as_str(), PARTITIONS),
+            (topics.callbacks.as_str(), PARTITIONS),
+            (topics.requests.as_str(), PARTITIONS),
         ],
     )
     .context("starting the embedded Kafka (librdkafka mock cluster)")?;
     let bootstrap = kafka.bootstrap_servers();
-    println!("embedded Kafka (librdkafka mock cluster): {bootstrap}");
-    println!("  other clients can connect while this runs, e.g. kcat -b {bootstrap} -C -t {} -o beginning", topics.run_status);
+    writeln!(out, "embedded Kafka (librdkafka mock cluster): {bootstrap}")?;
+    writeln!(out, "  other clients can connect while this runs, e.g. kcat -b {bootstrap} -C -t {} -o beginning", topics.run_status)?;
 
     let sim = start_sim().await?;
-    println!("captain-sim (in process): {}", sim.base_url());
+    writeln!(out, "captain-sim (in process): {}", sim.base_url())?;
 
     settings.kafka.bootstrap_servers = bootstrap.clone();
     settings.captain.base_url = sim.base_url();
-    settings.validate().context("quick-start settings")?;
+    settings.validate().context("demo settings")?;
     let app = Application::build(settings)
         .await
         .context("building the bridge")?;
-    println!(
+    writeln!(
+        out,
         "captain-bridge (in process): callbacks on {}, /metrics on {}",
         app.callback_addr()?,
         app.ops_addr()?
-    );
+    )?;
     let stop = CancellationToken::new();
     let mut bridge = tokio::spawn(app.run_until_stopped(stop.clone()));
 
@@ -102,7 +109,7 @@ async fn run() -> anyhow::Result<()> {
         .set("acks", "all")
         .create()
         .context("creating the sample producer")?;
-    println!("\nlaunch requests → {}:", topics.launch_requests);
+    writeln!(out, "\nlaunch requests → {}:", topics.launch_requests)?;
     for (id, request, _) in &requests {
         let payload = serde_json::to_vec(request)?;
         producer
@@ -115,9 +122,9 @@ async fn run() -> anyhow::Result<()> {
             .await
             .map_err(|(e, _)| e)
             .with_context(|| format!("producing launch request {id}"))?;
-        println!("  {id:<10} {}", request_summary(request));
+        writeln!(out, "  {id:<10} {}", request_summary(request))?;
     }
-    println!("\nrecords as they arrive:");
+    writeln!(out, "\nrecords as they arrive:")?;
 
     let mut pending: BTreeMap<String, Expect> = requests
         .iter()
@@ -127,7 +134,7 @@ async fn run() -> anyhow::Result<()> {
         .iter()
         .filter(|(_, _, e)| *e == Expect::Rejected)
         .count();
-    let mut counts = (0usize, 0usize, 0usize);
+    let mut summary = DemoSummary::default();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     // Results of the last page can land just after the final status (another topic): once
     // everything is final, keep reading briefly.
@@ -163,9 +170,13 @@ async fn run() -> anyhow::Result<()> {
             .unwrap_or_default();
         let topic = message.topic();
         if topic == topics.run_status {
-            counts.0 += 1;
+            summary.status_records += 1;
             let v = json_of(&message);
-            println!("+{elapsed:5.2}s  {topic:<20} {key:<10} {}", status_line(&v));
+            writeln!(
+                out,
+                "+{elapsed:5.2}s  {topic:<20} {key:<10} {}",
+                status_line(&v)
+            )?;
             let status = serde_json::from_value::<RunStatus>(v["status"].clone()).ok();
             let done = match (pending.get(&key), status) {
                 (Some(Expect::Final), Some(s)) => s.is_terminal(),
@@ -176,18 +187,20 @@ async fn run() -> anyhow::Result<()> {
                 pending.remove(&key);
             }
         } else if topic == topics.run_results {
-            counts.1 += 1;
-            println!(
+            summary.result_records += 1;
+            writeln!(
+                out,
                 "+{elapsed:5.2}s  {topic:<20} {key:<10} {}",
                 result_line(&json_of(&message))
-            );
+            )?;
         } else {
-            counts.2 += 1;
+            summary.dead_letter_records += 1;
             dead_letters_missing = dead_letters_missing.saturating_sub(1);
-            println!(
+            writeln!(
+                out,
                 "+{elapsed:5.2}s  {topic:<20} {key:<10} {}",
                 dead_letter_line(&message)
-            );
+            )?;
         }
         if settle_until.is_none() && pending.is_empty() && dead_letters_missing == 0 {
             settle_until = Some(tokio::time::Instant::now() + Duration::from_millis(500));
@@ -208,16 +221,18 @@ async fn run() -> anyhow::Result<()> {
     // Last: dropping the cluster stops the brokers the clients above talked to.
     drop(kafka);
 
-    println!(
+    writeln!(
+        out,
         "\nDone in {:.1} s: {} status, {} result and {} dead-letter records; every valid request \
          reached a final status, the invalid one was REJECTED and dead-lettered.",
         loop_time.as_secs_f64(),
-        counts.0,
-        counts.1,
-        counts.2
-    );
-    println!("{}", closing_words());
-    Ok(())
+        summary.status_records,
+        summary.result_records,
+        summary.dead_letter_records
+    )?;
+    writeln!(out, "{}", closing_words())?;
+    summary.elapsed = loop_time;
+    Ok(summary)
 }
 
 /// Defaults and validation from the library, then everything local: the secrets are made up
@@ -247,7 +262,7 @@ fn bridge_settings() -> anyhow::Result<Settings> {
     // The mock cluster has no admin API: topics are created with EmbeddedKafka instead.
     settings.kafka.create_topics = false;
     settings.kafka.partitions = PARTITIONS;
-    settings.kafka.group_id = "captain-bridge-quickstart".into();
+    settings.kafka.group_id = "captain-bridge-demo".into();
     settings.shutdown.drain_timeout = Duration::from_secs(5);
     settings.log.format = "text".into();
     settings.log.level = "warn".into();
@@ -289,7 +304,7 @@ fn sample_requests() -> Vec<(String, Value, Expect)> {
                 "custom_data": {"row": "1"}
             }],
             "parameters": {"max_results": max},
-            "metadata": {"source": "quickstart"}
+            "metadata": {"source": "demo"}
         })
     };
     vec![
@@ -308,7 +323,7 @@ fn sample_requests() -> Vec<(String, Value, Expect)> {
                     {"linkedin_profile_url": "https://www.linkedin.com/in/ada-lovelace", "custom_data": {"row": "1"}},
                     {"linkedin_profile_url": "https://www.linkedin.com/in/alan-turing", "custom_data": {"row": "2"}}
                 ],
-                "metadata": {"source": "quickstart"}
+                "metadata": {"source": "demo"}
             }),
             Expect::Final,
         ),
@@ -318,7 +333,7 @@ fn sample_requests() -> Vec<(String, Value, Expect)> {
                 "request_id": "demo-bad",
                 "action": "linkedin-extract-people",
                 "inputs": [],
-                "metadata": {"source": "quickstart"}
+                "metadata": {"source": "demo"}
             }),
             Expect::Rejected,
         ),
@@ -328,7 +343,7 @@ fn sample_requests() -> Vec<(String, Value, Expect)> {
 fn output_consumer(bootstrap: &str, topics: &[&str]) -> anyhow::Result<StreamConsumer> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "quickstart-printer")
+        .set("group.id", "demo-printer")
         .set("enable.auto.commit", "false")
         .create()
         .context("creating the output consumer")?;
@@ -443,6 +458,31 @@ Against a real broker: start one (scripts/kafka.sh start prints KAFKA_BOOTSTRAP_
 (with captain.base_url and callbacks.public_base_url set in FILE; see the README).
 The embedded Kafka here is librdkafka's mock cluster: no admin API, stub transactions, no
 compaction, at most ~5 MiB / 100,000 messages per partition, gone on exit. It is for this
-quick start only and proves nothing about the bridge's delivery guarantees; the end-to-end
+demo only and proves nothing about the bridge's delivery guarantees; the end-to-end
 tests (scripts/test.sh) run against a real Kafka for that."
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_demo_brings_every_valid_request_to_a_final_status_and_dead_letters_the_invalid_one(
+    ) {
+        let mut out = Vec::new();
+
+        let summary = run(&mut out).await.unwrap();
+
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(summary.dead_letter_records, 1, "{text}");
+        // CREATED and a final status for each of the three valid requests, and REJECTED.
+        assert!(summary.status_records >= 7, "{text}");
+        // demo-1 and demo-2 return 4 and 3 results, demo-3 one per profile.
+        assert!(summary.result_records >= 4 + 3 + 2, "{text}");
+        assert!(text.contains("demo-bad   REJECTED"), "{text}");
+        assert!(text.contains("(empty_inputs)"), "{text}");
+        assert!(text.contains("SUCCEEDED"), "{text}");
+        assert!(text.contains("Done in "), "{text}");
+    }
 }
