@@ -1,6 +1,7 @@
 //! Kafka: the launch consumer with ordered offset tracking, the producer, the run-state view.
 
 pub mod admin;
+pub mod capabilities;
 pub mod consumer;
 pub mod mock;
 pub mod murmur2;
@@ -11,6 +12,7 @@ pub mod state;
 mod tests;
 
 pub use admin::{ensure_topics, partition_count, AdminError, TopicSpec};
+pub use capabilities::{Capabilities, CapabilitiesError, PropertyError};
 pub use consumer::{
     ConsumerConfig, ConsumerError, HandleOutcome, InboundRecord, LaunchConsumer, LaunchHandler,
     PauseControl,
