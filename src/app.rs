@@ -61,8 +61,9 @@ impl Application {
 
         let k = &settings.kafka;
         if k.create_topics {
-            kafka::ensure_topics(
+            kafka::ensure_topics_with(
                 &k.bootstrap_servers,
+                &with_client_id(k),
                 &topic_specs(&settings),
                 Duration::from_secs(30),
             )

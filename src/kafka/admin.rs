@@ -1,5 +1,6 @@
 //! Topic provisioning at start-up: create what is missing, check what exists.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -56,10 +57,16 @@ pub enum AdminError {
     UnknownTopic(String),
 }
 
-fn admin_client(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
+fn admin_client(
+    bootstrap: &str,
+    properties: &BTreeMap<String, String>,
+) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", bootstrap);
+    for (k, v) in properties {
+        cc.set(k, v);
+    }
+    cc.create()
 }
 
 /// Creates the missing topics (an existing topic is fine) and checks that every topic whose
@@ -69,7 +76,18 @@ pub async fn ensure_topics(
     specs: &[TopicSpec],
     timeout: Duration,
 ) -> Result<(), AdminError> {
-    let admin = admin_client(bootstrap)?;
+    ensure_topics_with(bootstrap, &BTreeMap::new(), specs, timeout).await
+}
+
+/// [`ensure_topics`] with librdkafka `properties` for the admin client (`kafka.properties`: a
+/// secured cluster needs its `security.protocol`, SASL and TLS settings here too).
+pub async fn ensure_topics_with(
+    bootstrap: &str,
+    properties: &BTreeMap<String, String>,
+    specs: &[TopicSpec],
+    timeout: Duration,
+) -> Result<(), AdminError> {
+    let admin = admin_client(bootstrap, properties)?;
     let options = AdminOptions::new().operation_timeout(Some(timeout));
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
@@ -124,7 +142,7 @@ pub async fn partition_count(
     topic: &str,
     timeout: Duration,
 ) -> Result<i32, AdminError> {
-    let admin = admin_client(bootstrap)?;
+    let admin = admin_client(bootstrap, &BTreeMap::new())?;
     let topic = topic.to_owned();
     // Metadata fetches block on the network: keep them off the async workers.
     let metadata = tokio::task::spawn_blocking(move || {

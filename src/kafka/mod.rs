@@ -11,7 +11,7 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
-pub use admin::{ensure_topics, partition_count, AdminError, TopicSpec};
+pub use admin::{ensure_topics, ensure_topics_with, partition_count, AdminError, TopicSpec};
 pub use capabilities::{Capabilities, CapabilitiesError, PropertyError};
 pub use consumer::{
     ConsumerConfig, ConsumerError, HandleOutcome, InboundRecord, LaunchConsumer, LaunchHandler,
