@@ -10,6 +10,8 @@ pub mod producer;
 pub mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_tests;
 
 pub use admin::{ensure_topics, ensure_topics_with, partition_count, AdminError, TopicSpec};
 pub use capabilities::{Capabilities, CapabilitiesError, PropertyError};
