@@ -1,0 +1,3 @@
+//! Test support shared by the end-to-end tests and the benchmark.
+
+pub mod toxiproxy;
