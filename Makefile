@@ -1,5 +1,5 @@
 # Everyday commands. `make help` lists them.
-.PHONY: help test check fmt lint kafka-start kafka-stop sim run bench-sim
+.PHONY: help test check fmt lint kafka-start kafka-stop toxiproxy-start toxiproxy-stop sim run bench-sim
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,6 +20,12 @@ kafka-start: ## start a local broker (prints KAFKA_BOOTSTRAP_SERVERS=...)
 
 kafka-stop: ## stop it and delete its data
 	scripts/kafka.sh stop
+
+toxiproxy-start: ## start a local Toxiproxy (prints TOXIPROXY_URL=...)
+	scripts/toxiproxy.sh start
+
+toxiproxy-stop: ## stop it
+	scripts/toxiproxy.sh stop
 
 sim: ## run captain-sim on 127.0.0.1:8700 with API key "dev-key"
 	cargo run -p captain-sim -- --listen 127.0.0.1:8700 --api-key dev-key
