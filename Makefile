@@ -1,5 +1,5 @@
 # Everyday commands. `make help` lists them.
-.PHONY: help test check fmt lint deploy-check demo kafka-start kafka-stop registry-start registry-stop avro-cost sim run bench-sim
+.PHONY: help test check fmt lint deploy-check demo kafka-start kafka-stop registry-start registry-stop avro-cost toxiproxy-start toxiproxy-stop sim run bench-sim
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,12 @@ registry-stop: ## stop it (its schemas are gone with it)
 
 avro-cost: ## ns per record to encode a RunResult, JSON vs Avro (needs SCHEMA_REGISTRY_URL)
 	cargo run --release --example avro_cost
+
+toxiproxy-start: ## start a local Toxiproxy (prints TOXIPROXY_URL=...)
+	scripts/toxiproxy.sh start
+
+toxiproxy-stop: ## stop it
+	scripts/toxiproxy.sh stop
 
 sim: ## run captain-sim on 127.0.0.1:8700 with API key "dev-key"
 	cargo run -p captain-sim -- --listen 127.0.0.1:8700 --api-key dev-key

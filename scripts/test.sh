@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The one command that runs every test (unit + integration + end-to-end).
 #
-# Starts a real Kafka broker with scripts/kafka.sh unless KAFKA_BOOTSTRAP_SERVERS is already set,
-# and a real schema registry with scripts/registry.sh unless SCHEMA_REGISTRY_URL is already set
-# (the two start side by side), builds the binaries the end-to-end tests run as processes
+# Starts a real Kafka broker with scripts/kafka.sh unless KAFKA_BOOTSTRAP_SERVERS is already set
+# (with its SASL_SSL listener: every KEY=VALUE line the script prints is exported, for the TLS and
+# SCRAM tests), a real schema registry with scripts/registry.sh unless SCHEMA_REGISTRY_URL is
+# already set (the two start side by side), a Toxiproxy with scripts/toxiproxy.sh unless
+# TOXIPROXY_URL is already set, builds the binaries the end-to-end tests run as processes
 # (captain-bridge, captain-sim), runs the whole suite, and stops what it started, even when
 # tests fail.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -- schedule`).
@@ -29,10 +31,20 @@ fi
 if [[ -z ${KAFKA_BOOTSTRAP_SERVERS:-} ]]; then
   export CAPTAIN_KAFKA_INSTANCE=test-$$
   started+=(kafka)
-  line=$(scripts/kafka.sh start | tail -n 1)
-  export KAFKA_BOOTSTRAP_SERVERS=${line#KAFKA_BOOTSTRAP_SERVERS=}
+  lines=$(KAFKA_SASL_SSL=1 scripts/kafka.sh start)
+  while IFS= read -r line; do
+    if [[ $line == KAFKA_*=* ]]; then export "${line?}"; fi
+  done <<<"$lines"
 fi
-echo "test.sh: Kafka at $KAFKA_BOOTSTRAP_SERVERS" >&2
+echo "test.sh: Kafka at $KAFKA_BOOTSTRAP_SERVERS (SASL_SSL at ${KAFKA_SASL_SSL_BOOTSTRAP:-none})" >&2
+
+if [[ -z ${TOXIPROXY_URL:-} ]]; then
+  export CAPTAIN_TOXIPROXY_INSTANCE=test-$$
+  started+=(toxiproxy)
+  line=$(scripts/toxiproxy.sh start | tail -n 1)
+  export TOXIPROXY_URL=${line#TOXIPROXY_URL=}
+fi
+echo "test.sh: Toxiproxy at $TOXIPROXY_URL" >&2
 if [[ -n ${registry_pid:-} ]]; then
   wait "$registry_pid" || { echo "test.sh: the schema registry did not start" >&2; exit 1; }
   line=$(tail -n 1 "$registry_out")

@@ -504,6 +504,9 @@ impl Settings {
         if self.kafka.replication_factor < 1 {
             return Err(invalid("kafka.replication_factor", "must be at least 1"));
         }
+        // What this build of librdkafka cannot serve fails here, not when a client starts.
+        crate::kafka::capabilities::check_properties(&self.kafka.properties)
+            .map_err(|e| invalid("kafka.properties", e))?;
         http_url("captain.base_url", &self.captain.base_url)?;
         if let Some(url) = &self.callbacks.public_base_url {
             http_url("callbacks.public_base_url", url)?;
@@ -764,6 +767,20 @@ mod tests {
         let err = Settings::load_from(Some(f.path()), with_secrets()).unwrap_err();
         assert!(
             err.to_string().starts_with("callbacks.public_base_url:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_kafka_property_this_build_cannot_serve_is_refused_by_key_and_value() {
+        let f = file(
+            "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"GSSAPI\"\n",
+            "toml",
+        );
+        let err = Settings::load_from(Some(f.path()), with_secrets()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("kafka.properties: sasl.mechanism=GSSAPI: "),
             "{err}"
         );
     }

@@ -7,7 +7,9 @@
 //!   their ports learned from their "listening" line (they bind port 0), killed on drop;
 //! - [`kafka`]: a producer of launch requests, collectors of what the bridge publishes, and a
 //!   broker of a test's own;
-//! - [`metrics`]: reading values out of a Prometheus scrape.
+//! - [`metrics`]: reading values out of a Prometheus scrape;
+//! - [`toxiproxy`]: a client of Toxiproxy's API, for faults between the bridge and Kafka or
+//!   the API.
 
 pub mod bins;
 pub mod config;
@@ -15,6 +17,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod procs;
 pub mod topics;
+pub mod toxiproxy;
 
 pub use config::{bridge_settings, API_KEY, CALLBACK_KEYS, SIGNING_KID};
 pub use procs::{BridgeProcess, SimProcess};
