@@ -81,9 +81,13 @@ async fn create_topic(name: &str) {
         replication: 1,
         config: Vec::new(),
     };
-    ensure_topics(&ClusterAccess::new(&bootstrap()), &[spec], Duration::from_secs(30))
-        .await
-        .unwrap();
+    ensure_topics(
+        &ClusterAccess::new(&bootstrap()),
+        &[spec],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
 }
 
 /// The payloads of the first `n` records of partition 0 of `topic`, read by a consumer with
