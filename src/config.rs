@@ -725,6 +725,12 @@ mod tests {
                 "SASL_SSL",
             ),
             (
+                "CAPTAIN_BRIDGE_KAFKA__PROPERTIES__SASL__MECHANISM",
+                "SCRAM-SHA-512",
+            ),
+            ("CAPTAIN_BRIDGE_KAFKA__PROPERTIES__SASL__USERNAME", "bridge"),
+            ("CAPTAIN_BRIDGE_KAFKA__PROPERTIES__SASL__PASSWORD", "secret"),
+            (
                 "CAPTAIN_BRIDGE_KAFKA__PROPERTIES__STATISTICS__INTERVAL__MS",
                 "5000",
             ),
@@ -744,6 +750,10 @@ mod tests {
                 .get("security.protocol")
                 .map(String::as_str),
             Some("SASL_SSL")
+        );
+        assert_eq!(
+            s.kafka.properties.get("sasl.mechanism").map(String::as_str),
+            Some("SCRAM-SHA-512")
         );
     }
 
