@@ -11,7 +11,7 @@ use crate::intake::CallbackIntake;
 use crate::kafka::{self, ClusterAccess, PauseControl, ProducerConfig, RecordProducer};
 use crate::metrics::Metrics;
 use crate::owner::jobs::{SubmitSettings, Submitter};
-use crate::owner::reconcile::Reconciler;
+use crate::owner::reconcile::{CallbacksWatermarks, Reconciler};
 use crate::owner::{OwnerConfig, PartitionOwner, ReconcileConfig};
 use crate::publish::RecordBuilder;
 use crate::router::{LaunchRouter, RouterConfig};
@@ -91,6 +91,7 @@ impl Application {
             client.clone(),
             limiter.clone(),
             settings.reconcile.max_rate_share,
+            Some(Arc::new(callbacks_watermarks(&settings)?)),
         ));
         let submitter = Arc::new(Submitter {
             client,
@@ -521,6 +522,23 @@ fn consumer_properties(settings: &Settings) -> std::collections::BTreeMap<String
     p.entry("statistics.interval.ms".into())
         .or_insert_with(|| k.statistics_interval.as_millis().to_string());
     p
+}
+
+/// A group-less consumer that only reads the callbacks topic's high watermarks (see
+/// `owner::reconcile::CallbacksWatermarks`).
+fn callbacks_watermarks(settings: &Settings) -> anyhow::Result<CallbacksWatermarks> {
+    let mut cc = rdkafka::ClientConfig::new();
+    cc.set("bootstrap.servers", &settings.kafka.bootstrap_servers);
+    for (k, v) in with_client_id(&settings.kafka) {
+        cc.set(k, v);
+    }
+    let consumer = cc
+        .create()
+        .context("creating the callbacks watermark reader")?;
+    Ok(CallbacksWatermarks {
+        consumer,
+        topic: settings.kafka.topics.callbacks.clone(),
+    })
 }
 
 /// The reconciler's settings as the owner uses them.

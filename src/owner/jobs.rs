@@ -53,12 +53,16 @@ pub enum JobMessage {
         run: RunRef,
         polled: Option<Result<Polled, CheckFailure>>,
         deliveries: Result<Vec<Delivery>, CheckFailure>,
+        /// The callbacks partition's high watermark read after the listing.
+        callbacks_high: Option<i64>,
     },
     /// A control command's job: its answers (boxed: the largest variant by far).
     Commanded(Box<crate::owner::control::CommandDone>),
     /// A batch audit: each run's deliveries in flight or failed.
     Audited {
         checked: Vec<(RunRef, Result<Vec<Delivery>, CheckFailure>)>,
+        /// Per partition, the callbacks topic's high watermark read after the listing.
+        highs: std::collections::HashMap<i32, Option<i64>>,
     },
     /// Replays asked for (original callback_uid and its batch), and originals the API
     /// refuses to replay again.
@@ -97,7 +101,9 @@ impl JobMessage {
             JobMessage::Checked { run, .. } | JobMessage::Replayed { run, .. } => run.partition,
             JobMessage::Commanded(done) => done.partition,
             // A batch may span the owner's partitions: reconcile reports are not routed by it.
-            JobMessage::Audited { checked } => checked.first().map_or(-1, |(run, _)| run.partition),
+            JobMessage::Audited { checked, .. } => {
+                checked.first().map_or(-1, |(run, _)| run.partition)
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::captain::{
 };
 use crate::domain::reconcile::{Delivery, DeliveryState};
 use crate::domain::{RunStatus, StatusError};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,11 +57,39 @@ pub struct Polled {
     pub error: Option<StatusError>,
 }
 
+/// Reads the callbacks topic's high watermarks, so that an audit's "lost" verdict waits until
+/// every callback the API delivered before the listing has been applied (a delivery answered 2xx
+/// is in the topic, perhaps not yet consumed).
+pub struct CallbacksWatermarks {
+    pub consumer: BaseConsumer,
+    pub topic: String,
+}
+
+impl CallbacksWatermarks {
+    /// The next offset of `partition` (a blocking metadata call, on the blocking pool).
+    async fn high(self: &Arc<Self>, partition: i32) -> Option<i64> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.consumer
+                .fetch_watermarks(&this.topic, partition, Duration::from_secs(5))
+                .map(|(_, high)| high)
+                .map_err(|e| tracing::warn!(error = %e, partition, "callbacks watermark not read"))
+                .ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
 /// Makes the reconciler's API calls.
 pub struct Reconciler {
     pub client: Arc<CaptainClient>,
     pub limiter: Arc<AdaptiveLimiter>,
     pub max_rate_share: f64,
+    /// `None` in unit tests: audits then carry no watermark, and lost verdicts wait for the
+    /// audit timeout.
+    pub watermarks: Option<Arc<CallbacksWatermarks>>,
     /// When the next reconcile call may start.
     next: Mutex<Instant>,
 }
@@ -70,11 +99,13 @@ impl Reconciler {
         client: Arc<CaptainClient>,
         limiter: Arc<AdaptiveLimiter>,
         max_rate_share: f64,
+        watermarks: Option<Arc<CallbacksWatermarks>>,
     ) -> Self {
         Self {
             client,
             limiter,
             max_rate_share,
+            watermarks,
             next: Mutex::new(Instant::now()),
         }
     }
@@ -111,10 +142,12 @@ impl Reconciler {
                 None
             };
             let deliveries = this.run_deliveries(&run.run_uid).await;
+            let callbacks_high = this.callbacks_high(run.partition).await;
             reports.send(JobMessage::Checked {
                 run,
                 polled,
                 deliveries,
+                callbacks_high,
             });
         });
     }
@@ -149,8 +182,22 @@ impl Reconciler {
                     }
                 }
             }
-            reports.send(JobMessage::Audited { checked });
+            // Read after the listing: every delivery it shows as done is below this offset.
+            let partitions: std::collections::BTreeSet<i32> =
+                checked.iter().map(|(run, _)| run.partition).collect();
+            let mut highs = HashMap::new();
+            for p in partitions {
+                highs.insert(p, this.callbacks_high(p).await);
+            }
+            reports.send(JobMessage::Audited { checked, highs });
         });
+    }
+
+    async fn callbacks_high(&self, partition: i32) -> Option<i64> {
+        match &self.watermarks {
+            Some(w) => w.high(partition).await,
+            None => None,
+        }
     }
 
     /// One run's deliveries in flight or failed.

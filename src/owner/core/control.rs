@@ -24,6 +24,14 @@ use chrono::Utc;
 impl Core {
     /// A control command read from the requests topic.
     pub(super) fn on_control(&mut self, record: InboundRecord) {
+        // A request's commands run one after the other, in topic order (a resume then a
+        // cancel must reach the API in that order): a command waits while another of its
+        // request is executing.
+        let key = record.key.as_deref().map(String::from_utf8_lossy);
+        if let Some(waiting) = key.and_then(|k| self.commands_waiting.get_mut(k.as_ref())) {
+            waiting.push_back(record);
+            return;
+        }
         let payload = record.payload.as_deref().unwrap_or_default();
         let command = match control::parse_json(payload) {
             Ok(c) => c,
@@ -107,6 +115,8 @@ impl Core {
             tracing::error!("control command with no API client installed");
             return;
         };
+        self.commands_waiting
+            .insert(command.request_id.clone(), Default::default());
         self.commands_running.insert(running);
         reconciler.spawn_command(p, offset, command, work, self.reports.clone());
     }
@@ -121,8 +131,10 @@ impl Core {
         } = done;
         self.commands_running
             .remove(&(command.request_id.clone(), command.command_id.clone()));
+        let waiting = self.commands_waiting.remove(&command.request_id);
         if !self.owned.contains_key(&p) {
-            // Revoked meanwhile: the new owner executes it again (its offset is not committed).
+            // Revoked meanwhile: the new owner executes it (and those waiting) again, their
+            // offsets are not committed.
             return;
         }
         let now = Utc::now();
@@ -235,6 +247,9 @@ impl Core {
         self.answer_command(p, &command, replies);
         let topic = self.config.requests_topic.clone();
         self.complete(&topic, p, offset);
+        for record in waiting.into_iter().flatten() {
+            self.on_control(record);
+        }
     }
 
     /// Publishes one outcome event per target and records the command as executed.

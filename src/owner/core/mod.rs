@@ -113,6 +113,9 @@ pub struct Core {
     schedules_checking: HashSet<(i32, String, u32)>,
     /// Control commands being executed: (request_id, command_id).
     commands_running: HashSet<(String, String)>,
+    /// Commands of a request waiting for its command in execution, by request_id (an entry
+    /// exists while one executes).
+    commands_waiting: HashMap<String, VecDeque<InboundRecord>>,
     /// Reconcile jobs started and not yet reported (`reconcile.max_in_flight` bounds it).
     reconcile_calls: usize,
 }
@@ -164,6 +167,7 @@ impl Core {
             schedules_checking: HashSet::new(),
             reconcile_calls: 0,
             commands_running: HashSet::new(),
+            commands_waiting: HashMap::new(),
         }
     }
 
@@ -319,6 +323,9 @@ impl Core {
         self.checking.retain(|r| !partitions.contains(&r.partition));
         self.schedules_checking
             .retain(|(p, _, _)| !partitions.contains(p));
+        // Waiting commands are consumed again by the next owner.
+        self.commands_waiting
+            .retain(|id, _| !partitions.contains(&self.records.partition_of(id)));
     }
 
     /// After an aborted transaction: drops everything the transaction held, and restores

@@ -12,6 +12,7 @@ use crate::domain::reconcile::{
     ReconcileTimers,
 };
 use crate::domain::{Effects, StatusSource};
+use crate::kafka::TopicPartition;
 use crate::owner::jobs::JobMessage;
 use crate::owner::reconcile::{CheckFailure, Polled, Reconciler, RunRef};
 use chrono::{DateTime, Utc};
@@ -209,10 +210,12 @@ impl Core {
                 run,
                 polled,
                 deliveries,
-            } => self.on_checked(run, polled, deliveries),
-            JobMessage::Audited { checked } => {
+                callbacks_high,
+            } => self.on_checked(run, polled, deliveries, callbacks_high),
+            JobMessage::Audited { checked, highs } => {
                 for (run, deliveries) in checked {
-                    self.on_checked(run, None, deliveries);
+                    let high = highs.get(&run.partition).copied().flatten();
+                    self.on_checked(run, None, deliveries, high);
                 }
             }
             JobMessage::Replayed {
@@ -277,6 +280,7 @@ impl Core {
         run: RunRef,
         polled: Option<Result<Polled, CheckFailure>>,
         deliveries: Result<Vec<Delivery>, CheckFailure>,
+        callbacks_high: Option<i64>,
     ) {
         self.checking.remove(&run);
         let now = Utc::now();
@@ -371,7 +375,15 @@ impl Core {
             }
             return;
         }
-        if pending && !plan.again {
+        // A batch looks lost when its deliveries failed and it was not received; but one
+        // delivered (answered 2xx) before the listing may still wait in the callbacks topic.
+        // Lost is only said once every callback up to the listing has been applied.
+        let caught_up = plan.lost.is_empty()
+            || callbacks_high.is_some_and(|high| {
+                let tp = TopicPartition::new(&self.config.callbacks_topic, run.partition);
+                self.positions.get(&tp).is_some_and(|at| *at >= high)
+            });
+        if pending && !plan.again && caught_up {
             self.metrics
                 .reconcile
                 .batches_lost
