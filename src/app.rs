@@ -38,6 +38,8 @@ pub struct Application {
     pause: Arc<PauseControl>,
     callback_state: CallbackState,
     limiter: Arc<AdaptiveLimiter>,
+    /// `POST /webhooks/v3`, when v3 is enabled.
+    webhooks: Option<crate::workflows::WebhookState>,
 }
 
 impl Application {
@@ -85,6 +87,7 @@ impl Application {
                 .context("creating the Captain Data client")?
                 .with_gate(limiter.clone()),
         );
+        let v3 = crate::workflows::wiring::build(&settings, &metrics)?;
         let submitter = Arc::new(Submitter {
             client,
             keys: keys.clone(),
@@ -96,6 +99,7 @@ impl Application {
                 async_max_inputs: settings.captain.async_max_inputs,
                 schedule_max_inputs: settings.captain.schedule_max_inputs,
             },
+            v3: v3.as_ref().map(|(jobs, _)| jobs.clone()),
         });
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let router = LaunchRouter::new(
@@ -140,6 +144,21 @@ impl Application {
             metrics.clone(),
         )
         .context("creating the partition owner")?;
+        let webhooks = v3
+            .map(|(_, metrics)| {
+                crate::workflows::wiring::webhook_state(
+                    &settings,
+                    keys.clone(),
+                    CallbackIntake {
+                        records: records.clone(),
+                        producer: producer.clone(),
+                        ack_timeout: settings.callbacks.ack_timeout,
+                        retry_after: settings.callbacks.retry_after,
+                    },
+                    metrics,
+                )
+            })
+            .transpose()?;
         let callback_state = CallbackState {
             keys,
             sink: Arc::new(CallbackIntake {
@@ -168,6 +187,7 @@ impl Application {
             pause,
             callback_state,
             limiter,
+            webhooks,
         })
     }
 
@@ -195,6 +215,7 @@ impl Application {
             pause,
             callback_state,
             limiter,
+            webhooks,
         } = self;
 
         let ops_stop = CancellationToken::new();
@@ -206,7 +227,10 @@ impl Application {
         let callbacks_stop = CancellationToken::new();
         let mut callback_server = tokio::spawn(callbacks::serve(
             callback_listener,
-            callbacks::callback_router(callback_state),
+            crate::workflows::wiring::with_webhooks(
+                callbacks::callback_router(callback_state),
+                webhooks,
+            ),
             callbacks_stop.clone().cancelled_owned(),
         ));
         let consume_stop = CancellationToken::new();

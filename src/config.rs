@@ -54,6 +54,8 @@ pub struct Settings {
     pub processing: ProcessingSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
+    /// v3 workflows (`mode: "workflow"`, `POST /webhooks/v3`); off by default.
+    pub v3: crate::workflows::V3Settings,
     /// Secrets, read from the environment or files, never from the config file itself.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -396,7 +398,10 @@ impl Settings {
             "captain.api_key",
             "callbacks.keys",
             "callbacks.header_secret",
-        ] {
+        ]
+        .into_iter()
+        .chain(crate::workflows::settings::SECRET_KEYS)
+        {
             if figment.find_value(key).is_ok() {
                 return Err(invalid(
                     key,
@@ -454,6 +459,10 @@ impl Settings {
                 "callbacks.header_secret_file",
             )?,
         };
+        settings
+            .v3
+            .load_secrets(&lookup)
+            .map_err(|e| invalid(&e.key, e.message))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -568,6 +577,7 @@ impl Settings {
         if self.launch.max_in_flight == 0 {
             return Err(invalid("launch.max_in_flight", "must be at least 1"));
         }
+        self.v3.validate().map_err(|e| invalid(&e.key, e.message))?;
         if !matches!(self.log.format.as_str(), "json" | "text") {
             return Err(invalid("log.format", "must be \"json\" or \"text\""));
         }
@@ -595,7 +605,10 @@ impl Settings {
 /// `CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT` → `launch.max_in_flight`; `None` for the secrets,
 /// which are not settings.
 fn override_key(name: &str) -> Option<String> {
-    if SECRET_ENVS.contains(&name) || crate::avro::settings::SECRET_ENVS.contains(&name) {
+    if SECRET_ENVS.contains(&name)
+        || crate::avro::settings::SECRET_ENVS.contains(&name)
+        || crate::workflows::settings::SECRET_ENVS.contains(&name)
+    {
         return None;
     }
     let rest = name.strip_prefix(ENV_PREFIX)?;

@@ -146,6 +146,7 @@ impl RouterCore {
             source: StatusSource::Bridge,
             occurred_at: Utc::now(),
             metadata: ctx.metadata,
+            provider_status: None,
         };
         vec![
             self.records

@@ -145,6 +145,10 @@ pub(crate) fn status_value(
         ("source".into(), symbols.source.value(e.source.as_str())?),
         ("occurred_at".into(), timestamp(&e.occurred_at)),
         ("metadata".into(), string_map(&e.metadata)),
+        (
+            "provider_status".into(),
+            optional(e.provider_status.as_deref().map(string)),
+        ),
     ]))
 }
 
@@ -290,6 +294,7 @@ mod tests {
             source: StatusSource::Callback,
             occurred_at: "2026-11-29T06:02:32.123456789Z".parse().unwrap(),
             metadata: BTreeMap::from([("crm".into(), "42".into())]),
+            provider_status: Some("finished".into()),
         }
     }
 
@@ -338,7 +343,8 @@ mod tests {
                 schedule_uid: Some("s-1".into()),
                 status: RunStatus::Rejected,
                 source: StatusSource::Bridge,
-                mode: Mode::Async,
+                mode: Mode::Workflow,
+                provider_status: None,
                 ..sample_event()
             },
         ] {

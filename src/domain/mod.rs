@@ -6,6 +6,7 @@ pub mod decide;
 pub mod records;
 pub mod request;
 pub mod status;
+pub mod workflow;
 
 pub use decide::{
     apply_callback, apply_submission, plan_launch, CallbackEffects, CallbackFacts, Effects,
@@ -17,3 +18,4 @@ pub use records::{
 };
 pub use request::{LaunchRequest, Mode, RejectClass, RejectedContext, Rejection};
 pub use status::{transition, RunStatus, Transition};
+pub use workflow::{apply_outcome, plan_webhook, v3_run_status, JobOutcome, WebhookPlan};

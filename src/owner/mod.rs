@@ -15,6 +15,7 @@
 mod core;
 pub mod jobs;
 pub mod restore;
+pub mod v3_jobs;
 
 use self::core::{Core, CoreConfig, CoreParts};
 use crate::kafka::stats::{CommittedOffsets, LagRecorder};

@@ -13,6 +13,7 @@ mod outage;
 mod ownership;
 mod rate_limit;
 mod scaling;
+mod v3;
 
 pub use captain_bridge::config::Settings;
 pub use captain_testkit::kafka::{Collector, Read};

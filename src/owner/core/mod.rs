@@ -12,6 +12,7 @@
 
 mod callback;
 mod launch;
+mod workflow;
 
 use super::jobs::{JobMessage, JobReports, Submitter};
 use crate::domain::request::{derived_request_id, RejectClass};
@@ -102,6 +103,8 @@ pub struct Core {
     received: Vec<DateTime<Utc>>,
     stopping: bool,
     committed: Arc<CommittedOffsets>,
+    /// v3 job fetches in flight and webhooks waiting for one.
+    v3: workflow::V3Owner,
 }
 
 /// Parts the core is built from.
@@ -145,6 +148,7 @@ impl Core {
             received: Vec::new(),
             stopping: false,
             committed: parts.committed,
+            v3: workflow::V3Owner::default(),
         }
     }
 
@@ -296,6 +300,7 @@ impl Core {
             }
         }
         self.received.clear();
+        self.forget_v3(partitions);
     }
 
     /// After an aborted transaction: drops everything the transaction held, and restores
@@ -529,6 +534,7 @@ impl Core {
             self.metrics.launches_in_flight.dec();
             self.metrics.launch_jobs_abandoned.inc();
         }
+        self.abort_v3_fetches();
     }
 }
 
