@@ -22,7 +22,7 @@ pub enum WebhookPlan {
     /// The run already reached a final status: a duplicate or a replay; nothing published.
     AlreadyFinal,
     /// Applied in place (Created → RUNNING), possibly with nothing to publish (a duplicate).
-    Applied(Effects),
+    Applied(Box<Effects>),
     /// The job's status and results must be read from the API (Succeeded, Failed, or a
     /// webhook whose message is not recognized); `published` rows were published before.
     Fetch { published: u64 },
@@ -75,7 +75,7 @@ pub fn plan_webhook(
                 None,
                 now,
             );
-            WebhookPlan::Applied(effects)
+            WebhookPlan::Applied(Box::new(effects))
         }
         V3WebhookKind::Succeeded | V3WebhookKind::Failed | V3WebhookKind::Unknown => {
             WebhookPlan::Fetch {
@@ -329,7 +329,7 @@ mod tests {
             )
         );
         let again = plan_webhook(&mut s, 0, "job-1", V3WebhookKind::Created, now());
-        assert_eq!(again, WebhookPlan::Applied(Effects::default()));
+        assert_eq!(again, WebhookPlan::Applied(Box::default()));
     }
 
     #[test]

@@ -639,7 +639,7 @@ async fn v3_and_v4_requests_mixed_on_one_launch_topic_each_complete_through_thei
     assert!(
         metric(
             &metrics,
-            "captain_bridge_api_requests_total{endpoint=\"v3_schedule_workflow\",code=\"200\"}"
+            "captain_bridge_api_requests_total{code=\"200\",endpoint=\"v3_schedule_workflow\"}"
         )
         .is_some_and(|n| n >= EACH as f64),
         "v3 launches went through the v3 client"
