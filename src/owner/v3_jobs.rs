@@ -12,7 +12,13 @@ use crate::domain::{v3_run_status, RunStatus, StatusError, Submission};
 use crate::workflows::job_name;
 use crate::workflows::V3Metrics;
 use serde_json::Value;
+use std::time::Duration;
 use tracing::Instrument;
+
+/// Rounds of a fetch whose calls gave up on retriable errors (each round has the client's own
+/// retries); the wait between rounds doubles from [`FETCH_ROUND_WAIT`].
+const FETCH_ROUNDS: u32 = 4;
+const FETCH_ROUND_WAIT: Duration = Duration::from_secs(2);
 
 /// What the owner needs to run v3 jobs.
 pub struct V3Jobs {
@@ -109,10 +115,23 @@ impl V3Jobs {
         let span = tracing::info_span!("v3_fetch", request_id = %order.request_id, job_uid = %order.job_uid);
         tokio::spawn(
             async move {
-                let outcome = this.fetch(&order).await.map_err(|e| {
-                    tracing::warn!(error = %e, "v3 job status or results could not be read");
-                    e.to_string()
-                });
+                let mut round = 0;
+                let outcome = loop {
+                    match this.fetch(&order).await {
+                        Ok(fetched) => break Ok(fetched),
+                        // An outage outlasting the client's retries: the webhook must not be
+                        // lost, so the whole read is tried again a few times before giving up.
+                        Err(e) if e.is_retriable() && round + 1 < FETCH_ROUNDS => {
+                            tracing::warn!(error = %e, round, "v3 job read gave up; trying again");
+                            tokio::time::sleep(FETCH_ROUND_WAIT * 2u32.pow(round)).await;
+                            round += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "v3 job status or results could not be read");
+                            break Err(e.to_string());
+                        }
+                    }
+                };
                 reports.send(JobMessage::V3Outcome { order, outcome });
             }
             .instrument(span),

@@ -644,4 +644,56 @@ async fn v3_and_v4_requests_mixed_on_one_launch_topic_each_complete_through_thei
         .is_some_and(|n| n >= EACH as f64),
         "v3 launches went through the v3 client"
     );
+    assert!(
+        metric(
+            &metrics,
+            "captain_bridge_api_permitted_requests_per_second{key=\"v3\"}"
+        )
+        .is_some(),
+        "the v3 key has a limiter of its own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_calls_ride_out_server_errors_and_429s_without_retry_after_and_every_job_completes() {
+    let stack = v3_stack(
+        "v3-faulty-api",
+        "[v3.faults]\nerror_rate = 0.1\n[v3.rate_limit]\nrps = 20.0\nburst = 2\nretry_after = \"none\"\n",
+    )
+    .await;
+    const REQUESTS: usize = 4;
+    let requests: Vec<Value> = (0..REQUESTS)
+        .map(|i| workflow_request(&format!("rough-{i}"), 3))
+        .collect();
+    stack.produce(&requests).await;
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
+    status.until(Duration::from_secs(90), "every job SUCCEEDED", |r| {
+        final_status_count(r, "SUCCEEDED") >= REQUESTS
+    });
+    let expected = REQUESTS * 3 * RESULTS_PER_INPUT;
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
+    results.until(Duration::from_secs(30), "every row", |r| {
+        r.len() >= expected
+    });
+    results.poll_for(Duration::from_millis(500));
+    for (id, events) in &statuses_by_request(&status.records) {
+        assert_eq!(
+            statuses(events),
+            ["CREATED", "RUNNING", "SUCCEEDED"],
+            "{id}"
+        );
+        let job = truth(&stack, &job_of(events)).await;
+        assert_results_match_truth(&results.records, id, &job);
+    }
+    let metrics = stack.metrics().await;
+    let answered = |code: &str| {
+        captain_testkit::metrics::sum(
+            &metrics,
+            &format!("captain_bridge_api_requests_total{{code=\"{code}\",endpoint=\"v3_"),
+        )
+    };
+    assert!(
+        answered("429") + answered("500") + answered("503") > 0.0,
+        "the simulator's faults were met and retried"
+    );
 }
