@@ -697,3 +697,47 @@ async fn v3_calls_ride_out_server_errors_and_429s_without_retry_after_and_every_
         "the simulator's faults were met and retried"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_killed_mid_way_publishes_every_v3_row_and_status_once_after_its_restart() {
+    // The simulator keeps retrying webhook deliveries (0.2 s doubling, 12 attempts) far longer
+    // than the restart takes; inputs take a while, so jobs are running across the kill.
+    let mut stack = v3_stack(
+        "v3-crash",
+        "[v3.delivery]\nmax_attempts = 12\nbackoff_ms = 200\nconcurrency = 32\ntimeout_ms = 5000\n",
+    )
+    .await;
+    patch_v3(&stack, json!({"timings": {"input_interval_ms": 60}})).await;
+    const REQUESTS: usize = 12;
+    const INPUTS: usize = 4;
+    let requests: Vec<Value> = (0..REQUESTS)
+        .map(|i| workflow_request(&format!("crash-{i}"), INPUTS))
+        .collect();
+    stack.produce(&requests).await;
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
+    status.until(Duration::from_secs(60), "a first job SUCCEEDED", |r| {
+        final_status_count(r, "SUCCEEDED") >= 1
+    });
+    stack.bridge.kill_hard();
+    stack.bridge.restart().await.expect("bridge restarted");
+    status.until(Duration::from_secs(120), "every job SUCCEEDED", |r| {
+        final_status_count(r, "SUCCEEDED") >= REQUESTS
+    });
+    let expected = REQUESTS * INPUTS * RESULTS_PER_INPUT;
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
+    results.until(Duration::from_secs(30), "every row", |r| {
+        r.len() >= expected
+    });
+    results.poll_for(Duration::from_secs(1));
+    status.poll_for(Duration::from_millis(500));
+    let by_request = statuses_by_request(&status.records);
+    assert_eq!(by_request.len(), REQUESTS);
+    for (id, events) in &by_request {
+        // Forward only, each status at most once (read_committed: aborted work is unseen).
+        assert_transitions_in_order(events);
+        assert_eq!(events.last().unwrap()["status"], "SUCCEEDED", "{id}");
+        let job = truth(&stack, &job_of(events)).await;
+        assert_results_match_truth(&results.records, id, &job);
+    }
+    assert_eq!(result_id_counts(&results.records).len(), expected);
+}
