@@ -247,16 +247,20 @@ impl Core {
         self.v3.fetches.remove(job_uid);
     }
 
-    /// Forgets what `partitions` had waiting or answered by fetches in flight.
+    /// Forgets what `partitions` had waiting, and their fetches in flight (aborted: their
+    /// webhooks are consumed again from the committed offsets and fetched anew, by this
+    /// instance or the partition's next owner; an entry kept would swallow those webhooks).
     pub(super) fn forget_v3(&mut self, partitions: &BTreeSet<i32>) {
         self.v3
             .waiting
             .retain(|(_, _, r)| !partitions.contains(&r.partition));
-        for fetch in self.v3.fetches.values_mut() {
-            if partitions.contains(&fetch.partition) {
-                fetch.offsets.clear();
+        self.v3.fetches.retain(|_, fetch| {
+            let keep = !partitions.contains(&fetch.partition);
+            if !keep {
+                fetch.handle.abort();
             }
-        }
+            keep
+        });
     }
 
     /// Aborts the fetches still running at shutdown: their webhooks are redone after restart.
