@@ -289,4 +289,57 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains("the-v3-key") && !shown.contains("old-secret"));
     }
+
+    #[test]
+    fn the_bridge_loads_the_v3_section_and_its_secrets_from_the_environment() {
+        use crate::config::{ConfigError, Settings};
+        let env = |extra: &[(&str, &str)]| {
+            let mut env: Vec<(String, String)> = [
+                ("CAPTAIN_BRIDGE_API_KEY", "v4-key"),
+                (
+                    "CAPTAIN_BRIDGE_CALLBACK_KEYS",
+                    "k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3",
+                ),
+                ("CAPTAIN_BRIDGE_CALLBACKS__SIGNING_KEY_ID", "k1"),
+                ("CAPTAIN_BRIDGE_V3__ENABLED", "true"),
+                ("CAPTAIN_BRIDGE_V3__PROJECT_UID", "proj-1"),
+            ]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+            env.sort();
+            env
+        };
+        match Settings::load_from(None, env(&[])) {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert_eq!(key, "v3.api_key");
+                assert!(message.contains(ENV_V3_API_KEY), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let loaded = Settings::load_from(
+            None,
+            env(&[
+                (ENV_V3_API_KEY, "v3-key"),
+                (
+                    ENV_V3_WEBHOOK_SECRETS,
+                    "0123456789abcdef-a,0123456789abcdef-b",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert!(loaded.v3.enabled);
+        assert_eq!(loaded.v3.project_uid, "proj-1");
+        assert_eq!(
+            loaded
+                .v3
+                .secrets
+                .api_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned()),
+            Some("v3-key".to_owned())
+        );
+        assert_eq!(loaded.v3.secrets.webhook_secrets.len(), 2);
+    }
 }
