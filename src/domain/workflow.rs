@@ -68,11 +68,14 @@ pub fn plan_webhook(
             let effects = move_run(
                 state,
                 &info,
-                chunk,
-                job_uid,
-                RunStatus::Running,
-                "running",
-                None,
+                Move {
+                    chunk,
+                    job_uid,
+                    next: RunStatus::Running,
+                    raw: "running",
+                    error: None,
+                    source: StatusSource::Webhook,
+                },
                 now,
             );
             WebhookPlan::Applied(Box::new(effects))
@@ -126,6 +129,8 @@ pub struct JobOutcome<'a> {
     pub error: Option<&'a str>,
     /// Rows the job holds now (the first `published` of them were published before).
     pub rows: u64,
+    /// `webhook` after a webhook, `poll` when the reconciler polled a silent job.
+    pub source: StatusSource,
 }
 
 /// What a fetched outcome publishes: result rows from `first_new` (rows before it were
@@ -178,11 +183,14 @@ pub fn apply_outcome(
     let effects = move_run(
         state,
         &info,
-        outcome.chunk,
-        outcome.job_uid,
-        outcome.status,
-        outcome.raw_status,
-        error,
+        Move {
+            chunk: outcome.chunk,
+            job_uid: outcome.job_uid,
+            next: outcome.status,
+            raw: outcome.raw_status,
+            error,
+            source: outcome.source,
+        },
         now,
     );
     OutcomeEffects { first_new, effects }
@@ -197,18 +205,27 @@ fn info_of(state: &RunState) -> RequestInfo {
     }
 }
 
-/// Moves the run to `next` when that is a forward transition; the event keeps `raw`.
-#[allow(clippy::too_many_arguments)]
-fn move_run(
-    state: &mut RunState,
-    info: &RequestInfo,
+/// A status change of one job.
+struct Move<'a> {
     chunk: u32,
-    job_uid: &str,
+    job_uid: &'a str,
     next: RunStatus,
-    raw: &str,
+    /// The v3 status, kept in the event's `provider_status`.
+    raw: &'a str,
     error: Option<StatusError>,
-    now: DateTime<Utc>,
-) -> Effects {
+    source: StatusSource,
+}
+
+/// Moves the run to `m.next` when that is a forward transition.
+fn move_run(state: &mut RunState, info: &RequestInfo, m: Move<'_>, now: DateTime<Utc>) -> Effects {
+    let Move {
+        chunk,
+        job_uid,
+        next,
+        raw,
+        error,
+        source,
+    } = m;
     state.updated_at = now;
     let Some(run) = state
         .chunks
@@ -224,7 +241,7 @@ fn move_run(
     }
     run.status = Some(next);
     run.first_seen.get_or_insert(now);
-    let mut event = info.event(chunk, next, StatusSource::Callback, now);
+    let mut event = info.event(chunk, next, source, now);
     event.run_uid = Some(job_uid.to_owned());
     event.previous_status = previous;
     event.error = error;
@@ -357,6 +374,7 @@ mod tests {
             status: RunStatus::PartialSucceeded,
             error: Some("2 of 3 inputs failed"),
             rows: 5,
+            source: StatusSource::Webhook,
         };
         let out = apply_outcome(&mut s, &outcome, now());
         assert_eq!(out.first_new, 0);
@@ -384,6 +402,7 @@ mod tests {
             status: RunStatus::Blocked,
             error: Some("invalid cookie"),
             rows: 2,
+            source: StatusSource::Webhook,
         };
         let out = apply_outcome(&mut s, &paused, now());
         assert_eq!(out.first_new, 0);

@@ -55,6 +55,8 @@ pub struct FetchOrder {
     pub kind: V3WebhookKind,
     /// Rows already published for the job (kept out of memory).
     pub published: u64,
+    /// `webhook`, or `poll` when the reconciler asked (a silent job).
+    pub source: crate::domain::StatusSource,
 }
 
 impl V3Jobs {

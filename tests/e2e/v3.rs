@@ -41,6 +41,15 @@ input_interval_ms = 5
 /// A stack whose bridge has v3 enabled against the simulator, with the workflow's webhook
 /// pointed at the bridge's `/webhooks/v3` with the header secret.
 async fn v3_stack(test: &str, sim_extra: &str) -> Stack {
+    v3_stack_with(test, sim_extra, |_| {}).await
+}
+
+/// As [`v3_stack`], with the bridge's settings changed by `configure` too.
+async fn v3_stack_with(
+    test: &str,
+    sim_extra: &str,
+    configure: impl FnOnce(&mut Settings),
+) -> Stack {
     let topics = Topics::unique("e2e", test);
     let sim = SimProcess::start(&work_dir(), &v3_sim_config(sim_extra)).expect("captain-sim");
     let settings = bridge_settings(&bootstrap(), &topics, &sim, |s| {
@@ -52,6 +61,7 @@ async fn v3_stack(test: &str, sim_extra: &str) -> Stack {
         s.v3.rate_limit.rate_per_sec = 2000.0;
         s.v3.rate_limit.ceiling_per_sec = 2000.0;
         s.v3.rate_limit.burst = 200;
+        configure(s);
     });
     topics.create(&settings).await.expect("topics");
     let secrets = format!("{SECRET},{OLD_SECRET}");
@@ -740,4 +750,63 @@ async fn a_bridge_killed_mid_way_publishes_every_v3_row_and_status_once_after_it
         assert_results_match_truth(&results.records, id, &job);
     }
     assert_eq!(result_id_counts(&results.records).len(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_jobs_are_polled_by_the_reconciler_and_closed_with_their_rows() {
+    // Every webhook is lost: only the reconciler's polls (GET /jobs/{uid}) tell the bridge.
+    let stack = v3_stack_with("v3-silent", "[v3.faults]\nwebhook_drop_rate = 1.0\n", |s| {
+        s.reconcile.silence_after = Duration::from_secs(2);
+        s.reconcile.tick = Duration::from_millis(200);
+    })
+    .await;
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
+
+    // A job stopped in the app sends no webhook at all.
+    only_outcome(&stack, "stopped").await;
+    stack.produce(&[workflow_request("quiet-stop", 6)]).await;
+    status.until(Duration::from_secs(60), "quiet-stop STOPPED", |r| {
+        statuses_by_request(r)
+            .get("quiet-stop")
+            .is_some_and(|e| e.iter().any(|e| e["status"] == "STOPPED"))
+    });
+    let events = &statuses_by_request(&status.records)["quiet-stop"];
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last["source"].as_str(), last["provider_status"].as_str()),
+        (Some("poll"), Some("stopped"))
+    );
+    let job = truth(&stack, &job_of(events)).await;
+    let rows = job["results"].as_array().unwrap().len();
+    results.until(Duration::from_secs(30), "quiet-stop rows", |r| {
+        r.len() >= rows
+    });
+    assert_results_match_truth(&results.records, "quiet-stop", &job);
+
+    // A finished job whose webhooks were all dropped.
+    only_outcome(&stack, "finished").await;
+    stack.produce(&[workflow_request("quiet-done", 3)]).await;
+    status.until(Duration::from_secs(60), "quiet-done SUCCEEDED", |r| {
+        statuses_by_request(r)
+            .get("quiet-done")
+            .is_some_and(|e| e.iter().any(|e| e["status"] == "SUCCEEDED"))
+    });
+    let events = &statuses_by_request(&status.records)["quiet-done"];
+    assert_eq!(statuses(events), ["CREATED", "SUCCEEDED"]);
+    assert_eq!(events[1]["source"], "poll");
+    assert_eq!(events[1]["provider_status"], "finished");
+    let job = truth(&stack, &job_of(events)).await;
+    results.until(Duration::from_secs(30), "quiet-done rows", |r| {
+        r.iter()
+            .filter(|r| r.json()["request_id"] == "quiet-done")
+            .count()
+            >= 3 * RESULTS_PER_INPUT
+    });
+    results.poll_for(Duration::from_secs(3));
+    assert_results_match_truth(&results.records, "quiet-done", &job);
+    status.poll_for(Duration::from_secs(1));
+    for events in statuses_by_request(&status.records).values() {
+        assert_transitions_in_order(events);
+    }
 }

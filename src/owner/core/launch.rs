@@ -97,6 +97,12 @@ impl Core {
 
     pub(super) fn on_job_message(&mut self, message: JobMessage) {
         let p = message.partition();
+        if let JobMessage::Commanded(done) = message {
+            return self.on_commanded(*done);
+        }
+        if message.is_reconcile() {
+            return self.on_reconcile_message(message);
+        }
         if !self.owned.contains_key(&p) {
             let may_come = self.assigned.as_ref().is_none_or(|a| a.contains(&p));
             if may_come {
@@ -134,6 +140,7 @@ impl Core {
                 self.start_waiting();
             }
             JobMessage::V3Outcome { order, outcome } => self.on_v3_outcome(order, outcome),
+            other => self.on_reconcile_message(other),
         }
     }
 

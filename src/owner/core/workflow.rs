@@ -11,7 +11,7 @@ use super::{header, Core};
 use crate::captain::v3_wire::{V3WebhookKind, V3WebhookPayload};
 use crate::domain::workflow::V3_RESULTS_BATCH;
 use crate::domain::{
-    apply_outcome, plan_webhook, JobOutcome, RunResult, RunResultRef, WebhookPlan,
+    apply_outcome, plan_webhook, JobOutcome, RunResult, RunResultRef, StatusSource, WebhookPlan,
 };
 use crate::kafka::InboundRecord;
 use crate::owner::v3_jobs::{FetchOrder, FetchedJob};
@@ -119,6 +119,7 @@ impl Core {
                         other => other,
                     },
                     published,
+                    source: StatusSource::Webhook,
                 };
                 let handle = v3.spawn_fetch(order, self.reports.clone());
                 self.v3.fetches.insert(
@@ -185,6 +186,7 @@ impl Core {
                 status: fetched.status,
                 error: fetched.error.as_deref(),
                 rows: fetched.total,
+                source: order.source,
             },
             now,
         );
@@ -269,5 +271,57 @@ impl Core {
             tracing::warn!(%job_uid, "drain deadline reached; v3 fetch abandoned, redone after restart");
             fetch.handle.abort();
         }
+    }
+
+    /// The reconciler found a v3 job silent (no webhook for `reconcile.silence_after`): its
+    /// status is read like after a webhook (`GET /jobs/{job_uid}`, and every result page once
+    /// it ended), published with source `poll`. Returns whether a fetch started (none when one
+    /// is in flight for the job, or the fetch slots are full: the next tick asks again).
+    pub(super) fn poll_v3_job(
+        &mut self,
+        run: &crate::owner::reconcile::RunRef,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let Some(v3) = self.submitter.v3.clone() else {
+            return false;
+        };
+        if self.v3.fetches.contains_key(&run.run_uid)
+            || self.v3.fetches.len() >= self.config.max_in_flight.max(1)
+        {
+            return false;
+        }
+        let Some(published) = self
+            .owned
+            .get(&run.partition)
+            .and_then(|o| o.runs.get(&run.request_id))
+            .and_then(|s| s.chunks.iter().find(|c| c.index == run.chunk))
+            .and_then(|c| c.runs.get(&run.run_uid))
+            .map(|track| track.results)
+        else {
+            return false;
+        };
+        self.with_state(run, |state| {
+            crate::domain::reconcile::mark_checked(state, run.chunk, &run.run_uid, now);
+            crate::domain::Effects::default()
+        });
+        let order = FetchOrder {
+            request_id: run.request_id.clone(),
+            partition: run.partition,
+            chunk: run.chunk,
+            job_uid: run.run_uid.clone(),
+            kind: V3WebhookKind::Unknown,
+            published,
+            source: StatusSource::Poll,
+        };
+        let handle = v3.spawn_fetch(order, self.reports.clone());
+        self.v3.fetches.insert(
+            run.run_uid.clone(),
+            Fetch {
+                partition: run.partition,
+                offsets: Vec::new(),
+                handle,
+            },
+        );
+        true
     }
 }
