@@ -909,6 +909,19 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_configuration_block_is_the_shipped_example_verbatim() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example =
+            std::fs::read_to_string(root.join("deploy/captain-bridge.example.toml")).unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let block = format!("```toml\n{}\n```\n", example.trim_end());
+        assert!(
+            readme.contains(&block),
+            "README.md's Configuration block must equal deploy/captain-bridge.example.toml"
+        );
+    }
+
+    #[test]
     fn secrets_never_show_in_debug_output() {
         let s = Settings::load_from(None, with_secrets()).unwrap();
         let shown = format!("{s:?}");

@@ -210,6 +210,14 @@ impl ReconcileMetrics {
         for kind in RECONCILE_ERROR_KINDS {
             m.errors.with_label_values(&[kind]);
         }
+        for command in crate::domain::control::Command::ALL {
+            for outcome in ["accepted", "refused", "duplicate"] {
+                m.control_commands
+                    .with_label_values(&[command.as_str(), outcome]);
+            }
+        }
+        m.control_commands
+            .with_label_values(&["unreadable", "malformed"]);
         Ok(m)
     }
 }

@@ -12,6 +12,7 @@ mod ledger;
 mod outage;
 mod ownership;
 mod rate_limit;
+mod reconcile;
 mod scaling;
 mod v3;
 
