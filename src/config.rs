@@ -222,6 +222,11 @@ pub struct CallbackSettings {
     pub retry_after: Duration,
     /// Batches remembered per run for duplicate detection.
     pub dedupe_window: usize,
+    /// How long an async run's callback token is accepted after submission (a callback, a
+    /// platform retry or a replay after it gets 401). Schedule tokens do not expire: every
+    /// firing calls back with the schedule's token.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
     /// Ignored, kept so that configurations written for earlier versions still load: a
     /// callback that overtakes its submit answer now waits in its partition's owner, which
     /// applies the answer first.
@@ -247,6 +252,7 @@ impl Default for CallbackSettings {
             ack_timeout: Duration::from_secs(10),
             retry_after: Duration::from_secs(5),
             dedupe_window: 512,
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
             submit_wait: None,
         }
     }
@@ -616,6 +622,12 @@ impl Settings {
             return Err(invalid("callbacks.max_results", "must be at least 1"));
         }
         let r = &self.reconcile;
+        if r.enabled && self.callbacks.token_ttl <= r.run_deadline {
+            return Err(invalid(
+                "callbacks.token_ttl",
+                "must be longer than reconcile.run_deadline: replays of a run's deliveries call back with its token",
+            ));
+        }
         if !(r.max_rate_share > 0.0 && r.max_rate_share <= 1.0) {
             return Err(invalid(
                 "reconcile.max_rate_share",

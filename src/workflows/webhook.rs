@@ -358,6 +358,7 @@ mod tests {
         let token = keys().sign(&CallbackClaims {
             request_id: "req-7".into(),
             chunk: 2,
+            expires_at: None,
         });
         job_name::compose(Some("Nightly"), &token, 255).unwrap()
     }

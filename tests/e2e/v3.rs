@@ -423,6 +423,7 @@ async fn webhooks_with_a_wrong_secret_bad_input_or_an_unknown_job_are_answered_a
         let token = keys.sign(&CallbackClaims {
             request_id: request_id.into(),
             chunk: 0,
+            expires_at: None,
         });
         format!("Automated Run [cb:{token}]")
     };
