@@ -39,6 +39,8 @@ pub struct Application {
     pause: Arc<PauseControl>,
     callback_state: CallbackState,
     limiter: Arc<AdaptiveLimiter>,
+    /// `POST /webhooks/v3`, when v3 is enabled.
+    webhooks: Option<crate::workflows::WebhookState>,
 }
 
 impl Application {
@@ -93,6 +95,7 @@ impl Application {
             settings.reconcile.max_rate_share,
             Some(Arc::new(callbacks_watermarks(&settings)?)),
         ));
+        let v3 = crate::workflows::wiring::build(&settings, &metrics)?;
         let submitter = Arc::new(Submitter {
             client,
             keys: keys.clone(),
@@ -105,6 +108,7 @@ impl Application {
                 schedule_max_inputs: settings.captain.schedule_max_inputs,
                 token_ttl: settings.callbacks.token_ttl,
             },
+            v3: v3.as_ref().map(|(jobs, _)| jobs.clone()),
         });
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let router = LaunchRouter::new(
@@ -155,6 +159,21 @@ impl Application {
             false => None,
         };
         let owner = owner.with_reconciler(reconcile, reconciler);
+        let webhooks = v3
+            .map(|(_, metrics)| {
+                crate::workflows::wiring::webhook_state(
+                    &settings,
+                    keys.clone(),
+                    CallbackIntake {
+                        records: records.clone(),
+                        producer: producer.clone(),
+                        ack_timeout: settings.callbacks.ack_timeout,
+                        retry_after: settings.callbacks.retry_after,
+                    },
+                    metrics,
+                )
+            })
+            .transpose()?;
         let callback_state = CallbackState {
             keys,
             sink: Arc::new(CallbackIntake {
@@ -183,6 +202,7 @@ impl Application {
             pause,
             callback_state,
             limiter,
+            webhooks,
         })
     }
 
@@ -210,6 +230,7 @@ impl Application {
             pause,
             callback_state,
             limiter,
+            webhooks,
         } = self;
 
         let ops_stop = CancellationToken::new();
@@ -221,7 +242,10 @@ impl Application {
         let callbacks_stop = CancellationToken::new();
         let mut callback_server = tokio::spawn(callbacks::serve(
             callback_listener,
-            callbacks::callback_router(callback_state),
+            crate::workflows::wiring::with_webhooks(
+                callbacks::callback_router(callback_state),
+                webhooks,
+            ),
             callbacks_stop.clone().cancelled_owned(),
         ));
         let consume_stop = CancellationToken::new();

@@ -55,6 +55,8 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
+    /// v3 workflows (`mode: "workflow"`, `POST /webhooks/v3`); off by default.
+    pub v3: crate::workflows::V3Settings,
     /// Secrets, read from the environment or files, never from the config file itself.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -462,7 +464,10 @@ impl Settings {
             "captain.api_key",
             "callbacks.keys",
             "callbacks.header_secret",
-        ] {
+        ]
+        .into_iter()
+        .chain(crate::workflows::settings::SECRET_KEYS)
+        {
             if figment.find_value(key).is_ok() {
                 return Err(invalid(
                     key,
@@ -520,6 +525,10 @@ impl Settings {
                 "callbacks.header_secret_file",
             )?,
         };
+        settings
+            .v3
+            .load_secrets(&lookup)
+            .map_err(|e| invalid(&e.key, e.message))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -668,6 +677,7 @@ impl Settings {
         if self.launch.max_in_flight == 0 {
             return Err(invalid("launch.max_in_flight", "must be at least 1"));
         }
+        self.v3.validate().map_err(|e| invalid(&e.key, e.message))?;
         if !matches!(self.log.format.as_str(), "json" | "text") {
             return Err(invalid("log.format", "must be \"json\" or \"text\""));
         }
@@ -695,7 +705,10 @@ impl Settings {
 /// `CAPTAIN_BRIDGE_LAUNCH__MAX_IN_FLIGHT` → `launch.max_in_flight`; `None` for the secrets,
 /// which are not settings.
 fn override_key(name: &str) -> Option<String> {
-    if SECRET_ENVS.contains(&name) || crate::avro::settings::SECRET_ENVS.contains(&name) {
+    if SECRET_ENVS.contains(&name)
+        || crate::avro::settings::SECRET_ENVS.contains(&name)
+        || crate::workflows::settings::SECRET_ENVS.contains(&name)
+    {
         return None;
     }
     let rest = name.strip_prefix(ENV_PREFIX)?;

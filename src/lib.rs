@@ -38,3 +38,4 @@ pub mod router;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;
+pub mod workflows;

@@ -179,6 +179,7 @@ impl RouterCore {
             source: StatusSource::Bridge,
             occurred_at: Utc::now(),
             metadata: ctx.metadata,
+            provider_status: None,
             schedule_status: None,
             command: None,
         };

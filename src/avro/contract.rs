@@ -51,7 +51,7 @@ impl RecordKind {
     /// (a string, or an array of strings for `inputs`) in Avro (design.md section 3).
     pub fn json_text_fields(self) -> &'static [&'static str] {
         match self {
-            RecordKind::LaunchRequest => &["inputs", "parameters"],
+            RecordKind::LaunchRequest => &["inputs", "parameters", "steps"],
             RecordKind::RunResult => &["input", "custom_data", "result"],
             RecordKind::ControlCommand | RecordKind::RunStatusEvent => &[],
         }

@@ -161,6 +161,10 @@ pub(crate) fn status_value(
                 ])
             })),
         ),
+        (
+            "provider_status".into(),
+            optional(e.provider_status.as_deref().map(string)),
+        ),
     ]))
 }
 
@@ -306,6 +310,7 @@ mod tests {
             source: StatusSource::Callback,
             occurred_at: "2026-11-29T06:02:32.123456789Z".parse().unwrap(),
             metadata: BTreeMap::from([("crm".into(), "42".into())]),
+            provider_status: Some("finished".into()),
             schedule_status: None,
             command: Some(crate::domain::CommandOutcome {
                 command_id: "c-1".into(),
@@ -362,7 +367,8 @@ mod tests {
                 schedule_uid: Some("s-1".into()),
                 status: RunStatus::Rejected,
                 source: StatusSource::Bridge,
-                mode: Mode::Async,
+                mode: Mode::Workflow,
+                provider_status: None,
                 ..sample_event()
             },
         ] {

@@ -170,6 +170,17 @@ pub fn plan(state: &RunState, command: &ControlCommand) -> Plan {
         label: "WRONG_STATE",
         message,
     };
+    if state.mode == super::request::Mode::Workflow {
+        // The commands call the v4 API, which does not know v3 jobs.
+        return Plan::Refuse {
+            label: "V3_NOT_SUPPORTED",
+            message: format!(
+                "request {} runs a v3 workflow: control commands act on v4 runs (retry or cancel \
+                 the job in the Captain Data app; silent jobs are polled by the reconciler)",
+                state.request_id
+            ),
+        };
+    }
     if let Some(uid) = &command.run_uid {
         if !runs().any(|(_, u, _)| &u == uid) {
             return Plan::Refuse {
@@ -343,6 +354,7 @@ pub fn unknown_request(command: &ControlCommand, now: DateTime<Utc>) -> RunStatu
         occurred_at: now,
         metadata: Default::default(),
         schedule_status: None,
+        provider_status: None,
         command: Some(CommandOutcome {
             command_id: command.command_id.clone(),
             command: command.command.as_str().to_owned(),
@@ -391,6 +403,7 @@ fn unchanged(state: &RunState, target: &Target, now: DateTime<Utc>) -> RunStatus
         occurred_at: now,
         metadata: state.metadata.clone(),
         schedule_status: chunk.and_then(|c| c.schedule_status.clone()),
+        provider_status: None,
         command: None,
     }
 }
@@ -585,5 +598,26 @@ mod tests {
             ),
             ("c9", "accepted", Some("ops"))
         );
+    }
+
+    #[test]
+    fn every_command_on_a_v3_workflow_request_is_refused_saying_why() {
+        for name in [
+            "resume_run",
+            "replay_callbacks",
+            "reconcile_now",
+            "pause_schedule",
+        ] {
+            let c = command(&format!(
+                r#"{{"command_id":"c","command":"{name}","request_id":"r1"}}"#
+            ));
+            match plan(&state(Mode::Workflow), &c) {
+                Plan::Refuse { label, message } => {
+                    assert_eq!(label, "V3_NOT_SUPPORTED");
+                    assert!(message.contains("v3 workflow"), "{message}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 }

@@ -50,7 +50,7 @@ pub struct RequestInfo {
 }
 
 impl RequestInfo {
-    fn event(
+    pub(crate) fn event(
         &self,
         chunk: u32,
         status: RunStatus,
@@ -70,6 +70,7 @@ impl RequestInfo {
             source,
             occurred_at: at,
             metadata: self.metadata.clone(),
+            provider_status: None,
             schedule_status: None,
             command: None,
         }

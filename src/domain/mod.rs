@@ -8,6 +8,7 @@ pub mod reconcile;
 pub mod records;
 pub mod request;
 pub mod status;
+pub mod workflow;
 
 pub use decide::{
     apply_callback, apply_submission, plan_launch, CallbackEffects, CallbackFacts, Effects,
@@ -19,3 +20,4 @@ pub use records::{
 };
 pub use request::{LaunchRequest, Mode, RejectClass, RejectedContext, Rejection};
 pub use status::{transition, RunStatus, Transition};
+pub use workflow::{apply_outcome, plan_webhook, v3_run_status, JobOutcome, WebhookPlan};

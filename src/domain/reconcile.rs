@@ -197,6 +197,7 @@ fn run_event(
         occurred_at: at,
         metadata: info.metadata.clone(),
         schedule_status: None,
+        provider_status: None,
         command: None,
     }
 }
@@ -445,6 +446,7 @@ pub fn apply_schedule_status(
         occurred_at: now,
         metadata: info.metadata,
         schedule_status: Some(reported.to_owned()),
+        provider_status: None,
         command: None,
     };
     state.updated_at = now;

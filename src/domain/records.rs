@@ -61,6 +61,10 @@ pub struct RunStatusEvent {
     pub source: StatusSource,
     pub occurred_at: DateTime<Utc>,
     pub metadata: BTreeMap<String, String>,
+    /// The status as the provider's API spelled it, when its vocabulary is not the bridge's
+    /// (v3 jobs: `pending`, `running`, `finished`, `warning`, ...); `null` otherwise.
+    #[serde(default)]
+    pub provider_status: Option<String>,
     /// A schedule's own state (`ACTIVE`, `PAUSED`, `CANCELLED`, `COMPLETED`) on the events
     /// of a schedule chunk that reflect it (run_uid null); null otherwise.
     pub schedule_status: Option<String>,
@@ -314,6 +318,7 @@ mod tests {
             source: StatusSource::Bridge,
             occurred_at: Utc::now(),
             metadata: BTreeMap::new(),
+            provider_status: None,
             schedule_status: None,
             command: None,
         };
@@ -331,6 +336,7 @@ mod tests {
             "source",
             "occurred_at",
             "metadata",
+            "provider_status",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }
@@ -377,6 +383,7 @@ mod tests {
             source: StatusSource::Callback,
             occurred_at: Utc::now(),
             metadata: BTreeMap::new(),
+            provider_status: Some("running".into()),
             schedule_status: None,
             command: None,
         };
@@ -405,24 +412,40 @@ mod tests {
 
     #[test]
     fn every_launch_request_field_of_the_schema_contract_is_accepted() {
-        let mut request = serde_json::Map::new();
-        for name in schema_fields(include_str!("../../schemas/LaunchRequest.avsc")) {
-            let value = match name.as_str() {
-                "action" => serde_json::json!("linkedin-extract-people"),
-                "mode" => serde_json::json!("schedule"),
-                "inputs" => serde_json::json!([{"linkedin_profile_url": "u"}]),
-                "parameters" => serde_json::json!({}),
-                "identity_ids" => serde_json::json!(["i"]),
-                "identity_mode" => serde_json::json!("auto"),
-                "schedule" => {
-                    serde_json::json!({"cron": "0 8 * * 1", "schedule_at": null, "timezone": "UTC"})
+        // The workflow fields belong to mode "workflow", the others to the v4 modes: every
+        // field is accepted in one of the two requests.
+        let workflow_only = ["workflow_uid", "steps", "job_name", "delay"];
+        let v4_only = ["parameters", "identity_ids", "identity_mode", "schedule"];
+        for mode in ["schedule", "workflow"] {
+            let mut request = serde_json::Map::new();
+            for name in schema_fields(include_str!("../../schemas/LaunchRequest.avsc")) {
+                let skip = if mode == "workflow" {
+                    v4_only.contains(&name.as_str())
+                } else {
+                    workflow_only.contains(&name.as_str())
+                };
+                if skip {
+                    continue;
                 }
-                "metadata" => serde_json::json!({"k": "v"}),
-                other => serde_json::json!(other),
-            };
-            request.insert(name, value);
+                let value = match name.as_str() {
+                    "action" => serde_json::json!("linkedin-extract-people"),
+                    "mode" => serde_json::json!(mode),
+                    "inputs" => serde_json::json!([{"linkedin_profile_url": "u"}]),
+                    "parameters" => serde_json::json!({}),
+                    "identity_ids" => serde_json::json!(["i"]),
+                    "identity_mode" => serde_json::json!("auto"),
+                    "schedule" => {
+                        serde_json::json!({"cron": "0 8 * * 1", "schedule_at": null, "timezone": "UTC"})
+                    }
+                    "steps" => serde_json::json!([{"step_uid": "s-1", "accounts": ["a"]}]),
+                    "delay" => serde_json::json!(10),
+                    "metadata" => serde_json::json!({"k": "v"}),
+                    other => serde_json::json!(other),
+                };
+                request.insert(name, value);
+            }
+            let parsed = crate::domain::request::from_value(Value::Object(request), "x");
+            assert!(parsed.is_ok(), "{mode}: {parsed:?}");
         }
-        let parsed = crate::domain::request::from_value(Value::Object(request), "x");
-        assert!(parsed.is_ok(), "{parsed:?}");
     }
 }

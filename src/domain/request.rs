@@ -17,6 +17,8 @@ pub const MAX_REQUEST_ID_LEN: usize = 200;
 pub enum Mode {
     Async,
     Schedule,
+    /// A v3 workflow launched as a v3 job (`POST /v3/workflows/{workflow_uid}/schedule`).
+    Workflow,
 }
 
 impl Mode {
@@ -24,8 +26,40 @@ impl Mode {
         match self {
             Mode::Async => "async",
             Mode::Schedule => "schedule",
+            Mode::Workflow => "workflow",
         }
     }
+}
+
+/// Longest `job_name` a workflow request may carry: the bridge appends its signed routing
+/// token to it, and the whole must fit the v3 API's limit, assumed to be 255 characters (see
+/// README, "v3 workflows").
+pub const MAX_JOB_NAME_LEN: usize = 80;
+/// Longest `request_id` of a workflow request: it travels inside the job name's token.
+pub const MAX_WORKFLOW_REQUEST_ID_LEN: usize = 64;
+/// Longest `delay` of a workflow request: one year, in seconds.
+pub const MAX_WORKFLOW_DELAY_SECS: u64 = 31_536_000;
+
+/// One step setting of a workflow request (`steps[]` of the v3 launch body).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowStep {
+    pub step_uid: String,
+    #[serde(default)]
+    pub accounts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounts_rotation_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+}
+
+/// What a `mode: "workflow"` request launches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workflow {
+    pub workflow_uid: String,
+    pub steps: Option<Vec<WorkflowStep>>,
+    pub job_name: Option<String>,
+    pub delay: Option<u64>,
 }
 
 /// When a schedule-mode request fires.
@@ -53,7 +87,29 @@ pub struct LaunchRequest {
     pub identity_mode: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
+    /// Set in workflow mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<WorkflowStep>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<u64>,
     pub metadata: BTreeMap<String, String>,
+}
+
+impl LaunchRequest {
+    /// The workflow a `mode: "workflow"` request launches (`None` in the other modes).
+    pub fn workflow(&self) -> Option<Workflow> {
+        let workflow_uid = self.workflow_uid.clone()?;
+        (self.mode == Mode::Workflow).then(|| Workflow {
+            workflow_uid,
+            steps: self.steps.clone(),
+            job_name: self.job_name.clone(),
+            delay: self.delay,
+        })
+    }
 }
 
 /// Why a record was rejected: a stable class (dead-letter header `captain.error.class`) and a
@@ -72,7 +128,7 @@ pub enum RejectClass {
     InvalidShape,
     /// `inputs` is empty.
     EmptyInputs,
-    /// `mode` is neither `async` nor `schedule`.
+    /// `mode` is none of `async`, `schedule`, `workflow`.
     UnknownMode,
     /// `schedule.cron`, `schedule.schedule_at` or `schedule.timezone` is not valid.
     InvalidSchedule,
@@ -139,7 +195,8 @@ pub fn reject(class: RejectClass, message: impl Into<String>) -> Rejection {
 #[serde(deny_unknown_fields)]
 struct WireRequest {
     request_id: Option<String>,
-    action: String,
+    #[serde(default)]
+    action: Option<String>,
     #[serde(default)]
     mode: Option<String>,
     inputs: Vec<Value>,
@@ -147,6 +204,15 @@ struct WireRequest {
     identity_ids: Option<Vec<String>>,
     identity_mode: Option<String>,
     schedule: Option<Schedule>,
+    #[serde(default)]
+    workflow_uid: Option<String>,
+    #[serde(default)]
+    steps: Option<Vec<WorkflowStep>>,
+    #[serde(default)]
+    job_name: Option<String>,
+    /// Checked by hand so that a wrong value is reported naming the field.
+    #[serde(default)]
+    delay: Option<Value>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
 }
@@ -232,8 +298,8 @@ pub fn from_value(value: Value, fallback_id: &str) -> Result<LaunchRequest, Reje
     validate(wire, fallback_id)
 }
 
-fn validate(wire: WireRequest, fallback_id: &str) -> Result<LaunchRequest, Rejection> {
-    let request_id = match wire.request_id {
+fn validate(mut wire: WireRequest, fallback_id: &str) -> Result<LaunchRequest, Rejection> {
+    let request_id = match wire.request_id.take() {
         Some(id) if !valid_request_id(&id) => {
             return Err(reject(
                 RejectClass::InvalidValue,
@@ -245,25 +311,45 @@ fn validate(wire: WireRequest, fallback_id: &str) -> Result<LaunchRequest, Rejec
         Some(id) => id,
         None => fallback_id.to_owned(),
     };
-    if !valid_action_slug(&wire.action) {
-        return Err(reject(
-            RejectClass::InvalidValue,
-            format!(
-                "action {:?} is not an action slug (lowercase letters, digits and '-')",
-                wire.action
-            ),
-        ));
-    }
     let mode = match wire.mode.as_deref() {
         None | Some("async") => Mode::Async,
         Some("schedule") => Mode::Schedule,
+        Some("workflow") => Mode::Workflow,
         Some(other) => {
             return Err(reject(
                 RejectClass::UnknownMode,
-                format!("mode {other:?} is not one of \"async\", \"schedule\""),
+                format!("mode {other:?} is not one of \"async\", \"schedule\", \"workflow\""),
             ))
         }
     };
+    if mode == Mode::Workflow {
+        return validate_workflow(wire, request_id);
+    }
+    let Some(action) = wire.action else {
+        return Err(reject(
+            RejectClass::InvalidShape,
+            "missing field `action` (required unless mode is \"workflow\")",
+        ));
+    };
+    if !valid_action_slug(&action) {
+        return Err(reject(
+            RejectClass::InvalidValue,
+            format!("action {action:?} is not an action slug (lowercase letters, digits and '-')"),
+        ));
+    }
+    for (field, present) in [
+        ("workflow_uid", wire.workflow_uid.is_some()),
+        ("steps", wire.steps.is_some()),
+        ("job_name", wire.job_name.is_some()),
+        ("delay", wire.delay.as_ref().is_some_and(|d| !d.is_null())),
+    ] {
+        if present {
+            return Err(reject(
+                RejectClass::InvalidShape,
+                format!("{field} is only allowed with mode \"workflow\""),
+            ));
+        }
+    }
     if wire.inputs.is_empty() {
         return Err(reject(
             RejectClass::EmptyInputs,
@@ -307,16 +393,133 @@ fn validate(wire: WireRequest, fallback_id: &str) -> Result<LaunchRequest, Rejec
             ))
         }
         (Mode::Async, None) => None,
+        // Handled by `validate_workflow` above.
+        (Mode::Workflow, _) => None,
     };
     Ok(LaunchRequest {
         request_id,
-        action: wire.action,
+        action,
         mode,
         inputs: wire.inputs,
         parameters: wire.parameters,
         identity_ids: wire.identity_ids,
         identity_mode: wire.identity_mode,
         schedule,
+        workflow_uid: None,
+        steps: None,
+        job_name: None,
+        delay: None,
+        metadata: wire.metadata,
+    })
+}
+
+/// An identifier the v3 API puts in a path or a body (`workflow_uid`, `step_uid`, account
+/// uids): 1..=128 characters of `[A-Za-z0-9_-]`.
+fn valid_v3_identifier(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+/// A `mode: "workflow"` request: `workflow_uid` and `inputs` required; `steps`, `job_name`,
+/// `delay` optional; the v4 fields refused. `action` is only a label here (it defaults to the
+/// workflow uid) since the workflow defines what runs.
+fn validate_workflow(wire: WireRequest, request_id: String) -> Result<LaunchRequest, Rejection> {
+    let shape = |message: String| Err(reject(RejectClass::InvalidShape, message));
+    let value = |message: String| Err(reject(RejectClass::InvalidValue, message));
+    for (field, present) in [
+        ("parameters", wire.parameters.is_some()),
+        ("identity_ids", wire.identity_ids.is_some()),
+        ("identity_mode", wire.identity_mode.is_some()),
+        ("schedule", wire.schedule.is_some()),
+    ] {
+        if present {
+            return shape(format!(
+                "{field} is not allowed with mode \"workflow\" (a v3 workflow takes steps)"
+            ));
+        }
+    }
+    let Some(workflow_uid) = wire.workflow_uid else {
+        return shape("mode \"workflow\" needs workflow_uid".into());
+    };
+    if !valid_v3_identifier(&workflow_uid) {
+        return value(format!(
+            "workflow_uid {workflow_uid:?} must be 1..=128 characters of [A-Za-z0-9_-]"
+        ));
+    }
+    if request_id.len() > MAX_WORKFLOW_REQUEST_ID_LEN {
+        return value(format!(
+            "request_id must be at most {MAX_WORKFLOW_REQUEST_ID_LEN} characters with mode \"workflow\" (it travels in the v3 job name)"
+        ));
+    }
+    let action = wire.action.unwrap_or_else(|| workflow_uid.clone());
+    if action.is_empty() || action.len() > 128 || action.chars().any(char::is_control) {
+        return value("action must be 1..=128 characters without control characters".into());
+    }
+    if wire.inputs.is_empty() {
+        return Err(reject(
+            RejectClass::EmptyInputs,
+            "inputs must hold at least one input",
+        ));
+    }
+    if let Some(i) = wire.inputs.iter().position(|v| !v.is_object()) {
+        return shape(format!("inputs[{i}] must be an object"));
+    }
+    if let Some(steps) = &wire.steps {
+        for (i, step) in steps.iter().enumerate() {
+            if !valid_v3_identifier(&step.step_uid) {
+                return value(format!(
+                    "steps[{i}].step_uid {:?} must be 1..=128 characters of [A-Za-z0-9_-]",
+                    step.step_uid
+                ));
+            }
+            if let Some(j) = step.accounts.iter().position(|a| !valid_v3_identifier(a)) {
+                return value(format!(
+                    "steps[{i}].accounts[{j}] must be 1..=128 characters of [A-Za-z0-9_-]"
+                ));
+            }
+            if step.parameters.as_ref().is_some_and(|p| !p.is_object()) {
+                return shape(format!("steps[{i}].parameters must be an object"));
+            }
+        }
+    }
+    if let Some(name) = &wire.job_name {
+        if name.trim().is_empty()
+            || name.chars().count() > MAX_JOB_NAME_LEN
+            || name.chars().any(char::is_control)
+        {
+            return value(format!(
+                "job_name must be 1..={MAX_JOB_NAME_LEN} characters without control characters"
+            ));
+        }
+    }
+    let delay = match &wire.delay {
+        None | Some(Value::Null) => None,
+        Some(d) => match d.as_u64() {
+            Some(secs) if secs <= MAX_WORKFLOW_DELAY_SECS => Some(secs),
+            Some(_) => {
+                return value(format!(
+                    "delay must be at most {MAX_WORKFLOW_DELAY_SECS} seconds (one year)"
+                ))
+            }
+            None => return shape(format!("delay must be a whole number of seconds, got {d}")),
+        },
+    };
+    Ok(LaunchRequest {
+        request_id,
+        action,
+        mode: Mode::Workflow,
+        inputs: wire.inputs,
+        parameters: None,
+        identity_ids: None,
+        identity_mode: None,
+        schedule: None,
+        workflow_uid: Some(workflow_uid),
+        steps: wire.steps,
+        job_name: wire.job_name,
+        delay,
         metadata: wire.metadata,
     })
 }
@@ -551,5 +754,119 @@ mod tests {
         );
         assert_eq!(ctx.request_id.as_deref(), Some("r9"));
         assert_eq!(ctx.metadata.get("a").map(String::as_str), Some("b"));
+    }
+
+    #[test]
+    fn a_workflow_request_carries_its_workflow_and_defaults_its_action_to_the_workflow_uid() {
+        let r = parse(json!({
+            "request_id": "w1", "mode": "workflow", "workflow_uid": "0b9e-wf",
+            "inputs": [{"linkedin_profile_url": "u"}],
+            "steps": [{"step_uid": "s-1", "accounts": ["a-1"], "parameters": {"k": 1}}],
+            "job_name": "Nightly", "delay": 30, "metadata": {"k": "v"}
+        }))
+        .unwrap();
+        assert_eq!(r.mode, Mode::Workflow);
+        assert_eq!(r.action, "0b9e-wf");
+        let w = r.workflow().unwrap();
+        assert_eq!(
+            (w.workflow_uid.as_str(), w.job_name.as_deref(), w.delay),
+            ("0b9e-wf", Some("Nightly"), Some(30))
+        );
+        assert_eq!(w.steps.unwrap()[0].accounts, vec!["a-1".to_owned()]);
+        let again = parse_json(&serde_json::to_vec(&r).unwrap(), "other").unwrap();
+        assert_eq!(
+            again, r,
+            "the internal requests topic reads it back the same"
+        );
+    }
+
+    #[test]
+    fn workflow_requests_are_checked_field_by_field() {
+        let base = || json!({"mode": "workflow", "workflow_uid": "wf-1", "inputs": [{}]});
+        let with = |k: &str, v: Value| {
+            let mut b = base();
+            b[k] = v;
+            b
+        };
+        let cases: Vec<(&str, Value, RejectClass, &str)> = vec![
+            (
+                "no workflow_uid",
+                json!({"mode": "workflow", "inputs": [{}]}),
+                RejectClass::InvalidShape,
+                "workflow_uid",
+            ),
+            (
+                "a path in the uid",
+                with("workflow_uid", json!("a/b")),
+                RejectClass::InvalidValue,
+                "workflow_uid",
+            ),
+            (
+                "v4 parameters",
+                with("parameters", json!({})),
+                RejectClass::InvalidShape,
+                "parameters",
+            ),
+            (
+                "a schedule",
+                with("schedule", json!({"cron": "* * * * *"})),
+                RejectClass::InvalidShape,
+                "schedule",
+            ),
+            (
+                "no inputs",
+                with("inputs", json!([])),
+                RejectClass::EmptyInputs,
+                "inputs",
+            ),
+            (
+                "a bad step uid",
+                with("steps", json!([{"step_uid": ""}])),
+                RejectClass::InvalidValue,
+                "steps[0].step_uid",
+            ),
+            (
+                "an unknown step key",
+                with("steps", json!([{"step_uid": "s", "x": 1}])),
+                RejectClass::InvalidShape,
+                "x",
+            ),
+            (
+                "a long job name",
+                with("job_name", json!("n".repeat(81))),
+                RejectClass::InvalidValue,
+                "job_name",
+            ),
+            (
+                "a delay beyond a year",
+                with("delay", json!(40_000_000)),
+                RejectClass::InvalidValue,
+                "delay",
+            ),
+            (
+                "a negative delay",
+                with("delay", json!(-1)),
+                RejectClass::InvalidShape,
+                "delay",
+            ),
+            (
+                "a long request_id",
+                with("request_id", json!("r".repeat(65))),
+                RejectClass::InvalidValue,
+                "request_id",
+            ),
+        ];
+        for (what, value, class, field) in cases {
+            let r = parse(value).unwrap_err();
+            assert_eq!(r.class, class, "{what}: {}", r.message);
+            assert!(r.message.contains(field), "{what}: {}", r.message);
+        }
+    }
+
+    #[test]
+    fn workflow_fields_are_refused_outside_workflow_mode() {
+        let r = parse(json!({"action": "a", "inputs": [{}], "workflow_uid": "wf"})).unwrap_err();
+        assert_eq!(r.class, RejectClass::InvalidShape);
+        assert!(r.message.contains("workflow_uid"), "{}", r.message);
     }
 }

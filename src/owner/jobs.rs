@@ -34,6 +34,8 @@ pub struct Submitter {
     pub client: Arc<CaptainClient>,
     pub keys: Arc<TokenKeys>,
     pub settings: SubmitSettings,
+    /// The v3 API, when `v3.enabled` (workflow requests).
+    pub v3: Option<Arc<super::v3_jobs::V3Jobs>>,
 }
 
 /// A job's report to the owner.
@@ -48,6 +50,12 @@ pub enum JobMessage {
     },
     /// Every chunk the job was given has an outcome (or the job stopped).
     Done { request_id: String, partition: i32 },
+    /// A v3 job's status and new result rows, read after its webhook (or why they could not
+    /// be read).
+    V3Outcome {
+        order: super::v3_jobs::FetchOrder,
+        outcome: Result<super::v3_jobs::FetchedJob, String>,
+    },
     /// A reconcile check: the run polled (when asked) and its deliveries in flight or failed.
     Checked {
         run: RunRef,
@@ -95,6 +103,7 @@ impl JobMessage {
 
     pub fn partition(&self) -> i32 {
         match self {
+            JobMessage::V3Outcome { order, .. } => order.partition,
             JobMessage::Chunk { partition, .. }
             | JobMessage::Done { partition, .. }
             | JobMessage::ScheduleChecked { partition, .. } => *partition,
@@ -129,6 +138,7 @@ impl Submitter {
         match mode {
             Mode::Async => self.settings.async_max_inputs,
             Mode::Schedule => self.settings.schedule_max_inputs,
+            Mode::Workflow => self.v3.as_ref().map_or(usize::MAX, |v3| v3.max_inputs),
         }
     }
 
@@ -195,6 +205,19 @@ impl Submitter {
             }),
         };
         match request.mode {
+            Mode::Workflow => {
+                let (Some(v3), Some(workflow)) = (&self.v3, request.workflow()) else {
+                    return Ok(Submission::Failed(StatusError {
+                        label: Some("V3_NOT_CONFIGURED".into()),
+                        scope: Some("request".into()),
+                        message: "mode \"workflow\" needs the v3 API: set v3.enabled, \
+                                  v3.project_uid and the v3 secrets"
+                            .into(),
+                        http_status: None,
+                    }));
+                };
+                v3.submit(request, workflow, inputs, &token).await
+            }
             Mode::Async => {
                 let body = AsyncRunBody {
                     inputs: inputs.to_vec(),

@@ -17,6 +17,7 @@ mod core;
 pub mod jobs;
 pub mod reconcile;
 pub mod restore;
+pub mod v3_jobs;
 
 pub use self::core::ReconcileConfig;
 use self::core::{Core, CoreConfig, CoreParts};

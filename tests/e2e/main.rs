@@ -14,6 +14,7 @@ mod ownership;
 mod rate_limit;
 mod reconcile;
 mod scaling;
+mod v3;
 
 pub use captain_bridge::config::Settings;
 pub use captain_testkit::kafka::{Collector, Read};

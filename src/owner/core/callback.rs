@@ -72,6 +72,9 @@ impl Core {
     }
 
     fn apply_callback_record(&mut self, request_id: &str, chunk: u32, record: &InboundRecord) {
+        if super::workflow::is_v3_webhook(record) {
+            return self.on_v3_webhook(request_id, chunk, record);
+        }
         let received_at = header(record, H_RECEIVED_AT)
             .and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
             .map_or_else(Utc::now, |t| t.with_timezone(&Utc));

@@ -109,6 +109,8 @@ impl Core {
                 self.deferred.push(message);
             } else if let JobMessage::Done { request_id, .. } = message {
                 self.finish_job(&request_id);
+            } else if let JobMessage::V3Outcome { order, .. } = message {
+                self.drop_v3_fetch(&order.job_uid);
             }
             return;
         }
@@ -137,6 +139,7 @@ impl Core {
                 self.release(&request_id);
                 self.start_waiting();
             }
+            JobMessage::V3Outcome { order, outcome } => self.on_v3_outcome(order, outcome),
             other => self.on_reconcile_message(other),
         }
     }

@@ -14,6 +14,7 @@ mod callback;
 mod control;
 mod launch;
 mod reconcile;
+mod workflow;
 
 pub use reconcile::ReconcileConfig;
 
@@ -106,6 +107,8 @@ pub struct Core {
     received: Vec<DateTime<Utc>>,
     stopping: bool,
     committed: Arc<CommittedOffsets>,
+    /// v3 job fetches in flight and webhooks waiting for one.
+    v3: workflow::V3Owner,
     /// The reconciler, when on; the runs and schedules it is checking.
     reconcile: Option<ReconcileConfig>,
     reconciler: Option<Arc<crate::owner::reconcile::Reconciler>>,
@@ -161,6 +164,7 @@ impl Core {
             received: Vec::new(),
             stopping: false,
             committed: parts.committed,
+            v3: workflow::V3Owner::default(),
             reconcile: None,
             reconciler: None,
             checking: HashSet::new(),
@@ -319,6 +323,7 @@ impl Core {
             }
         }
         self.received.clear();
+        self.forget_v3(partitions);
         // Checks in flight for them report to nobody; the next owner checks again.
         self.checking.retain(|r| !partitions.contains(&r.partition));
         self.schedules_checking
@@ -561,6 +566,7 @@ impl Core {
             self.metrics.launches_in_flight.dec();
             self.metrics.launch_jobs_abandoned.inc();
         }
+        self.abort_v3_fetches();
     }
 }
 

@@ -45,7 +45,8 @@ impl Core {
             return;
         };
         let mut oldest = chrono::Duration::zero();
-        let mut due: Vec<(RunRef, Check)> = Vec::new();
+        // The bool: a v3 job (polled through the v3 API, never audited like v4 deliveries).
+        let mut due: Vec<(RunRef, Check, bool)> = Vec::new();
         let mut audits: Vec<RunRef> = Vec::new();
         let mut schedules: Vec<ScheduleCheck> = Vec::new();
         for (p, owned) in &self.owned {
@@ -85,7 +86,7 @@ impl Core {
                             run_uid: run_uid.clone(),
                         };
                         if !self.checking.contains(&run) {
-                            due.push((run, check));
+                            due.push((run, check, state.mode == crate::domain::Mode::Workflow));
                         }
                     }
                 }
@@ -95,8 +96,11 @@ impl Core {
             .reconcile
             .oldest_open_run_age
             .set(oldest.num_milliseconds() as f64 / 1000.0);
-        for (run, check) in due {
+        for (run, check, v3) in due {
             match check {
+                Check::Poll | Check::Audit if v3 => {
+                    self.poll_v3_job(&run, now);
+                }
                 Check::TimeOut => {
                     let effects = self
                         .with_state(&run, |state| time_out(state, run.chunk, &run.run_uid, now));
