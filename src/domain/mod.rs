@@ -6,6 +6,7 @@ pub mod decide;
 pub mod records;
 pub mod request;
 pub mod status;
+pub mod strict_json;
 
 pub use decide::{
     apply_callback, apply_submission, plan_launch, CallbackEffects, CallbackFacts, Effects,
