@@ -423,8 +423,7 @@ impl LaunchRouter {
         let Err(error) = done else { return };
         tracing::error!(error = %ErrorChain(&error), partition = record.partition, offset = record.offset,
             "launch record refused by Kafka even alone; dead-lettering it with its value cut");
-        let _ = core.producer.abort();
-        core.settle(false);
+        self.renew_producer(&mut core);
         // A rejected record keeps its own class and reason; a valid one whose forwarded
         // request Kafka refuses is rejected as an invalid record. Either way its dead letter
         // goes without the value, which is what the broker could not take.
@@ -457,8 +456,7 @@ impl LaunchRouter {
         if let Err(e) = fallback_done {
             tracing::error!(error = %ErrorChain(&e), partition = record.partition, offset = record.offset,
                 "launch record skipped: not even its dead letter could be written");
-            let _ = core.producer.abort();
-            core.settle(false);
+            self.renew_producer(&mut core);
             self.metrics.launch_records_skipped.inc();
             core.advance(record);
             let skipped = tokio::task::block_in_place(|| core.commit(&group));
@@ -490,23 +488,32 @@ impl LaunchRouter {
         }
     }
 
+    /// Replaces the producer after a failed transaction; its open transaction is aborted by
+    /// the new producer's initialization (which fences the old one). Aborting alone is not
+    /// enough once the broker refused a record: librdkafka keeps that partition's sequence
+    /// number past the refused record, the broker then refuses the next record there as out
+    /// of order, and only the epoch bump of a new producer resets it. If no producer can be
+    /// made, the old one's transaction is aborted and it stays.
+    fn renew_producer(&self, core: &mut RouterCore) {
+        core.settle(false);
+        match new_producer(&self.config, &self.metrics) {
+            Ok(p) => core.producer = p,
+            Err(e) => {
+                tracing::error!(error = %ErrorChain(&e), "cannot replace the router producer");
+                let _ = core.producer.abort();
+            }
+        }
+    }
+
     /// Aborts (or replaces the producer), then consumes again from the committed offsets,
     /// redoing the records of the failed transaction one transaction each.
     fn recover(&self, error: &TxnError) {
         tracing::warn!(error = %ErrorChain(error), "router transaction failed; redoing it record by record");
         let mut core = lock(&self.core);
-        let aborted = match error {
-            TxnError::Fatal(_) => false,
-            _ => core.producer.abort().is_ok(),
-        };
-        core.settle(false);
-        if !aborted {
-            match new_producer(&self.config, &self.metrics) {
-                Ok(p) => core.producer = p,
-                Err(e) => {
-                    tracing::error!(error = %ErrorChain(&e), "cannot replace the router producer")
-                }
-            }
+        match error {
+            // Nothing refused: the same producer can go on once the transaction is aborted.
+            TxnError::Retriable(_) if core.producer.abort().is_ok() => core.settle(false),
+            _ => self.renew_producer(&mut core),
         }
         let reached: Vec<(TopicPartition, i64)> = core.positions.drain().collect();
         for (tp, below) in reached {
