@@ -11,7 +11,8 @@ use crate::intake::CallbackIntake;
 use crate::kafka::{self, ClusterAccess, PauseControl, ProducerConfig, RecordProducer};
 use crate::metrics::Metrics;
 use crate::owner::jobs::{SubmitSettings, Submitter};
-use crate::owner::{OwnerConfig, PartitionOwner};
+use crate::owner::reconcile::Reconciler;
+use crate::owner::{OwnerConfig, PartitionOwner, ReconcileConfig};
 use crate::publish::RecordBuilder;
 use crate::router::{LaunchRouter, RouterConfig};
 use crate::telemetry::ErrorChain;
@@ -85,6 +86,12 @@ impl Application {
                 .context("creating the Captain Data client")?
                 .with_gate(limiter.clone()),
         );
+        // Control commands use the reconciler's API calls even when reconciling is off.
+        let reconciler = Arc::new(Reconciler::new(
+            client.clone(),
+            limiter.clone(),
+            settings.reconcile.max_rate_share,
+        ));
         let submitter = Arc::new(Submitter {
             client,
             keys: keys.clone(),
@@ -95,6 +102,7 @@ impl Application {
                     .map(|(name, secret)| (name.to_string(), secret.clone())),
                 async_max_inputs: settings.captain.async_max_inputs,
                 schedule_max_inputs: settings.captain.schedule_max_inputs,
+                token_ttl: settings.callbacks.token_ttl,
             },
         });
         let instance = uuid::Uuid::new_v4().simple().to_string();
@@ -103,6 +111,7 @@ impl Application {
                 bootstrap: k.bootstrap_servers.clone(),
                 group_id: k.group_id.clone(),
                 launch_topic: k.topics.launch_requests.clone(),
+                control_topic: k.topics.control.clone(),
                 commit_interval: settings.processing.commit_interval,
                 max_request_bytes: k.max_record_bytes,
                 producer: producer_config.clone(),
@@ -140,6 +149,11 @@ impl Application {
             metrics.clone(),
         )
         .context("creating the partition owner")?;
+        let reconcile = match settings.reconcile.enabled {
+            true => Some(reconcile_config(&settings.reconcile)?),
+            false => None,
+        };
+        let owner = owner.with_reconciler(reconcile, reconciler);
         let callback_state = CallbackState {
             keys,
             sink: Arc::new(CallbackIntake {
@@ -507,4 +521,24 @@ fn consumer_properties(settings: &Settings) -> std::collections::BTreeMap<String
     p.entry("statistics.interval.ms".into())
         .or_insert_with(|| k.statistics_interval.as_millis().to_string());
     p
+}
+
+/// The reconciler's settings as the owner uses them.
+fn reconcile_config(r: &crate::config::ReconcileSettings) -> anyhow::Result<ReconcileConfig> {
+    let d = |key: &str, v: Duration| {
+        chrono::Duration::from_std(v).with_context(|| format!("reconcile.{key}: out of range"))
+    };
+    Ok(ReconcileConfig {
+        timers: crate::domain::reconcile::ReconcileTimers {
+            silence_after: d("silence_after", r.silence_after)?,
+            run_deadline: d("run_deadline", r.run_deadline)?,
+            audit_delay: d("audit_delay", r.audit_delay)?,
+            audit_retry: d("audit_retry", r.audit_retry)?,
+            audit_timeout: d("audit_timeout", r.audit_timeout)?,
+        },
+        max_replays: r.max_replays,
+        max_in_flight: r.max_in_flight,
+        schedule_interval: d("schedule_interval", r.schedule_interval)?,
+        tick: r.tick,
+    })
 }

@@ -52,6 +52,7 @@ pub struct Settings {
     pub ops: OpsSettings,
     pub launch: LaunchSettings,
     pub processing: ProcessingSettings,
+    pub reconcile: ReconcileSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
     /// Secrets, read from the environment or files, never from the config file itself.
@@ -219,6 +220,11 @@ pub struct CallbackSettings {
     pub retry_after: Duration,
     /// Batches remembered per run for duplicate detection.
     pub dedupe_window: usize,
+    /// How long an async run's callback token is accepted after submission (a callback, a
+    /// platform retry or a replay after it gets 401). Schedule tokens do not expire: every
+    /// firing calls back with the schedule's token.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
     /// Ignored, kept so that configurations written for earlier versions still load: a
     /// callback that overtakes its submit answer now waits in its partition's owner, which
     /// applies the answer first.
@@ -244,6 +250,7 @@ impl Default for CallbackSettings {
             ack_timeout: Duration::from_secs(10),
             retry_after: Duration::from_secs(5),
             dedupe_window: 512,
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
             submit_wait: None,
         }
     }
@@ -301,6 +308,65 @@ impl Default for ProcessingSettings {
             commit_interval: Duration::from_millis(50),
             revoke_drain: Duration::from_secs(5),
             restore_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// `[reconcile]`: closing every run. Each partition owner watches the runs of its partitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// Off: runs close only through their callbacks (nothing is polled or replayed, nothing
+    /// times out, final statuses are published as they arrive).
+    pub enabled: bool,
+    /// A run with no news for this long is polled (`GET /runs/{uid}`) and its failed
+    /// deliveries replayed.
+    #[serde(with = "humantime_serde")]
+    pub silence_after: Duration,
+    /// A run without a final status this long after it was first seen becomes `TIMED_OUT`.
+    #[serde(with = "humantime_serde")]
+    pub run_deadline: Duration,
+    /// A final status waits this long, then for the audit of the run's deliveries (failed
+    /// ones replayed), so that it can say which pages were lost.
+    #[serde(with = "humantime_serde")]
+    pub audit_delay: Duration,
+    /// Between two audits of one run while deliveries are in flight or replays were asked.
+    #[serde(with = "humantime_serde")]
+    pub audit_retry: Duration,
+    /// A final status whose audit cannot complete is published this long after it arrived,
+    /// with an error saying so.
+    #[serde(with = "humantime_serde")]
+    pub audit_timeout: Duration,
+    /// Replays per original delivery (the API allows 3).
+    pub max_replays: u8,
+    /// Reconcile calls in flight at once per instance.
+    pub max_in_flight: usize,
+    /// Share of the API key's current rate the reconcile calls may use, so a backlog of
+    /// silent runs cannot starve launches.
+    pub max_rate_share: f64,
+    /// How often each active schedule's state is asked for (paused, cancelled, completed are
+    /// published when they change).
+    #[serde(with = "humantime_serde")]
+    pub schedule_interval: Duration,
+    /// How often the owner looks for runs that need a check.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            silence_after: Duration::from_secs(300),
+            run_deadline: Duration::from_secs(24 * 3600),
+            audit_delay: Duration::from_secs(2),
+            audit_retry: Duration::from_secs(10),
+            audit_timeout: Duration::from_secs(900),
+            max_replays: 3,
+            max_in_flight: 8,
+            max_rate_share: 0.2,
+            schedule_interval: Duration::from_secs(600),
+            tick: Duration::from_secs(1),
         }
     }
 }
@@ -545,6 +611,40 @@ impl Settings {
         }
         if self.callbacks.max_results == 0 {
             return Err(invalid("callbacks.max_results", "must be at least 1"));
+        }
+        let r = &self.reconcile;
+        if r.enabled && self.callbacks.token_ttl <= r.run_deadline {
+            return Err(invalid(
+                "callbacks.token_ttl",
+                "must be longer than reconcile.run_deadline: replays of a run's deliveries call back with its token",
+            ));
+        }
+        if !(r.max_rate_share > 0.0 && r.max_rate_share <= 1.0) {
+            return Err(invalid(
+                "reconcile.max_rate_share",
+                "must be within (0, 1]: a share of the key's rate",
+            ));
+        }
+        if !(1..=3).contains(&r.max_replays) {
+            return Err(invalid(
+                "reconcile.max_replays",
+                "must be within 1..=3 (the API allows 3 replays per delivery)",
+            ));
+        }
+        if r.max_in_flight == 0 {
+            return Err(invalid("reconcile.max_in_flight", "must be at least 1"));
+        }
+        if r.tick.is_zero() || r.audit_retry.is_zero() || r.silence_after.is_zero() {
+            return Err(invalid(
+                "reconcile",
+                "tick, audit_retry and silence_after must be longer than 0s",
+            ));
+        }
+        if r.run_deadline <= r.silence_after {
+            return Err(invalid(
+                "reconcile.run_deadline",
+                "must be longer than reconcile.silence_after",
+            ));
         }
         let p = &self.processing;
         if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&p.commit_interval) {
@@ -804,6 +904,19 @@ mod tests {
             serde_json::to_value(&s).unwrap(),
             serde_json::to_value(&defaults).unwrap(),
             "deploy/captain-bridge.example.toml must list every key with its default"
+        );
+    }
+
+    #[test]
+    fn the_readmes_configuration_block_is_the_shipped_example_verbatim() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example =
+            std::fs::read_to_string(root.join("deploy/captain-bridge.example.toml")).unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let block = format!("```toml\n{}\n```\n", example.trim_end());
+        assert!(
+            readme.contains(&block),
+            "README.md's Configuration block must equal deploy/captain-bridge.example.toml"
         );
     }
 

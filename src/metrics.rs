@@ -62,6 +62,9 @@ pub struct Metrics {
     /// Callbacks received, by outcome (`accepted`, `duplicate`, `unauthorized`, `malformed`,
     /// `too_large`, `unavailable`).
     pub callbacks: IntCounterVec,
+    /// Callbacks accepted at the endpoint that the owner refused: a valid token of an async
+    /// chunk carried with another run than the chunk's (dead-lettered, nothing published).
+    pub callbacks_foreign_run: IntCounter,
     /// Time from a callback's arrival to Kafka's acknowledgement of all its records.
     pub callback_ack_duration: Histogram,
     /// Records acknowledged by Kafka, by topic role (`status`, `results`, `dead_letter`, `state`).
@@ -125,6 +128,101 @@ pub struct Metrics {
     /// Consumer lag in records, by topic, summed over the partitions this instance fetches
     /// (from librdkafka's statistics, see [`crate::kafka::stats`]).
     pub consumer_lag: IntGaugeVec,
+    /// The reconciler's and the control topic's metrics.
+    pub reconcile: ReconcileMetrics,
+}
+
+/// What the reconciler does to close runs, and what control commands did.
+#[derive(Clone)]
+pub struct ReconcileMetrics {
+    /// Silent runs polled.
+    pub runs_polled: IntCounter,
+    /// Polls that found a status the callbacks had not brought.
+    pub poll_status_changes: IntCounter,
+    /// Replays of failed deliveries asked of the API.
+    pub replays_requested: IntCounter,
+    /// Replayed batches received.
+    pub replays_received: IntCounter,
+    /// Result pages lost for good (every delivery and replay failed).
+    pub batches_lost: IntCounter,
+    /// Runs closed as `TIMED_OUT`.
+    pub runs_timed_out: IntCounter,
+    /// Age of the oldest run this instance owns that is known and not final.
+    pub oldest_open_run_age: prometheus::Gauge,
+    /// Reconcile calls that failed, by kind (`poll`, `deliveries`, `schedule`).
+    pub errors: IntCounterVec,
+    /// Control commands, by command and outcome (`accepted`, `refused`, `duplicate`,
+    /// `unknown_request`, `invalid`).
+    pub control_commands: IntCounterVec,
+}
+
+/// `kind` values of `reconcile_errors_total`.
+const RECONCILE_ERROR_KINDS: &[&str] = &["poll", "deliveries", "schedule"];
+
+impl ReconcileMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let m = Self {
+            runs_polled: counter("reconcile_runs_polled_total", "Silent runs polled")?,
+            poll_status_changes: counter(
+                "reconcile_poll_status_changes_total",
+                "Polls that found a status no callback had brought",
+            )?,
+            replays_requested: counter(
+                "reconcile_replays_requested_total",
+                "Replays of failed callback deliveries asked of the API",
+            )?,
+            replays_received: counter(
+                "reconcile_replays_received_total",
+                "Replayed result pages received",
+            )?,
+            batches_lost: counter(
+                "reconcile_batches_lost_total",
+                "Result pages lost for good: every delivery and replay failed",
+            )?,
+            runs_timed_out: counter(
+                "runs_timed_out_total",
+                "Runs closed as TIMED_OUT after reconcile.run_deadline",
+            )?,
+            oldest_open_run_age: prometheus::Gauge::new(
+                "oldest_nonfinal_run_age_seconds",
+                "Age of the oldest known, not final run of the partitions this instance owns",
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "reconcile_errors_total",
+                    "Reconcile calls to the API that failed, by kind",
+                ),
+                &["kind"],
+            )?,
+            control_commands: IntCounterVec::new(
+                Opts::new(
+                    "control_commands_total",
+                    "Control commands, by command and outcome",
+                ),
+                &["command", "outcome"],
+            )?,
+        };
+        registry.register(Box::new(m.oldest_open_run_age.clone()))?;
+        registry.register(Box::new(m.errors.clone()))?;
+        registry.register(Box::new(m.control_commands.clone()))?;
+        for kind in RECONCILE_ERROR_KINDS {
+            m.errors.with_label_values(&[kind]);
+        }
+        for command in crate::domain::control::Command::ALL {
+            for outcome in ["accepted", "refused", "duplicate"] {
+                m.control_commands
+                    .with_label_values(&[command.as_str(), outcome]);
+            }
+        }
+        m.control_commands
+            .with_label_values(&["unreadable", "malformed"]);
+        Ok(m)
+    }
 }
 
 impl Metrics {
@@ -175,6 +273,10 @@ impl Metrics {
             &["topic"],
         )?;
         let runs_in_flight = IntGauge::new("runs_in_flight", "Submitted runs not yet final")?;
+        let callbacks_foreign_run = IntCounter::new(
+            "callbacks_foreign_run_total",
+            "Callbacks refused by the owner: an async chunk's token with another run",
+        )?;
         let launches_in_flight =
             IntGauge::new("launches_in_flight", "Launch requests being processed")?;
 
@@ -339,6 +441,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
+        let reconcile = ReconcileMetrics::register(&registry)?;
         registry.register(Box::new(launch_paused_for_cooldown.clone()))?;
         registry.register(Box::new(launches.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
@@ -348,6 +451,7 @@ impl Metrics {
         registry.register(Box::new(records_produced.clone()))?;
         registry.register(Box::new(produce_errors.clone()))?;
         registry.register(Box::new(runs_in_flight.clone()))?;
+        registry.register(Box::new(callbacks_foreign_run.clone()))?;
         registry.register(Box::new(launches_in_flight.clone()))?;
         registry.register(Box::new(limiter_cooldown_seconds.clone()))?;
         registry.register(Box::new(limiter_permitted_rate.clone()))?;
@@ -378,6 +482,7 @@ impl Metrics {
             records_produced,
             produce_errors,
             runs_in_flight,
+            callbacks_foreign_run,
             launches_in_flight,
             launch_paused_for_cooldown,
             limiter_cooldown_seconds,
@@ -402,6 +507,7 @@ impl Metrics {
             registry_request_failures,
             ready,
             consumer_lag,
+            reconcile,
         })
     }
 

@@ -20,6 +20,7 @@ mod ownership;
 mod poison;
 mod probe;
 mod rate_limit;
+mod reconcile;
 mod repeated_crash;
 mod scaling;
 mod secured;

@@ -176,6 +176,7 @@ pub fn token(request_id: &str) -> String {
         .sign(&CallbackClaims {
             request_id: request_id.to_owned(),
             chunk: 0,
+            expires_at: None,
         })
 }
 

@@ -3,6 +3,7 @@
 //! the body as it arrived), a status transition and a state change.
 
 use super::{header, Core};
+use crate::domain::decide::callback_belongs;
 use crate::domain::request::Mode;
 use crate::domain::{apply_callback, CallbackFacts, RunResult, RunResultRef, RunState};
 use crate::intake::CallbackPayload;
@@ -93,6 +94,11 @@ impl Core {
             );
             RunState::new(request_id, "", Mode::Async, Default::default(), 0)
         });
+        if let Err(reason) = callback_belongs(state, chunk, payload.run.run_uid) {
+            // A valid token replayed with another run: refused, with a trace for operators.
+            self.metrics.callbacks_foreign_run.inc();
+            return self.dead_letter(record, reason);
+        }
         let facts = CallbackFacts {
             chunk,
             run_uid: payload.run.run_uid,
@@ -101,7 +107,20 @@ impl Core {
             error: payload.error.as_ref(),
             results: payload.results.len(),
         };
-        let out = apply_callback(state, &facts, self.config.dedupe_window, received_at);
+        let replayed = state
+            .chunks
+            .iter()
+            .find(|c| c.index == chunk)
+            .and_then(|c| c.runs.get(facts.run_uid))
+            .is_some_and(|r| r.replayed_batches.contains(facts.batch_uid));
+        let hold = self.reconcile.is_some();
+        let out = apply_callback(state, &facts, self.config.dedupe_window, hold, received_at);
+        if replayed {
+            self.metrics.reconcile.replays_received.inc();
+            if let Some(run) = state.chunk_mut(chunk).runs.get_mut(facts.run_uid) {
+                run.replayed_batches.remove(facts.batch_uid);
+            }
+        }
         owned.open_runs += out.effects.open_runs;
         self.metrics.runs_in_flight.add(out.effects.open_runs);
         let mut outputs = Vec::with_capacity(payload.results.len() + 1);
