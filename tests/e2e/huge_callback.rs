@@ -3,7 +3,7 @@
 //! 3,924 MiB. Now a callback beyond `callbacks.max_results` is refused with 413 and a reason,
 //! and one at the limit is taken with the bridge's memory sampled: bounded while it is
 //! published, and returned after. (A publish slower than the deadline is answered 503: see
-//! `faults_kafka`.)
+//! `outage`, Kafka frozen during a callback.)
 
 use crate::probe::*;
 use crate::*;
