@@ -18,7 +18,7 @@ use crate::kafka::{
     InboundRecord, OutRecord, ProducerConfig, TopicPartition, TxnError, TxnProducer,
 };
 use crate::metrics::Metrics;
-use crate::publish::{Origin, RecordBuilder};
+use crate::publish::{Origin, RecordBuilder, H_ORIGINAL_SIZE, H_TRUNCATED};
 use crate::telemetry::ErrorChain;
 use chrono::Utc;
 use rdkafka::config::ClientConfig;
@@ -77,6 +77,10 @@ struct RouterCore {
     isolate_below: HashMap<TopicPartition, i64>,
     /// Where committed offsets are told to the consumer-lag metric.
     committed: Arc<CommittedOffsets>,
+    /// Outcomes in the open transaction, counted in the metrics once it commits: a record
+    /// redone after an abort is counted once, like its outputs.
+    pending_routed: u64,
+    pending_rejected: u64,
 }
 
 fn lock(core: &Mutex<RouterCore>) -> MutexGuard<'_, RouterCore> {
@@ -116,7 +120,6 @@ impl RouterCore {
                     };
                     return self.reject(record, &rejection, &fallback);
                 }
-                self.metrics.launches_routed.inc();
                 vec![out]
             }
             Err(rejection) => self.reject(record, &rejection, &fallback),
@@ -160,7 +163,6 @@ impl RouterCore {
         let request_id = ctx.request_id.unwrap_or_else(|| fallback.to_owned());
         tracing::warn!(%request_id, class = rejection.class.as_str(), reason = %rejection.message,
             partition = record.partition, offset = record.offset, "launch request rejected");
-        self.metrics.launches.with_label_values(&["rejected"]).inc();
         let event = RunStatusEvent {
             request_id: request_id.clone(),
             run_uid: None,
@@ -188,6 +190,28 @@ impl RouterCore {
                 .dead_letter(&Self::origin(record), rejection, &request_id),
             self.records.status(&event),
         ]
+    }
+
+    /// Counts what `out` (the records `record` became) says, until the transaction ends.
+    fn count(&mut self, out: &[OutRecord]) {
+        if out.iter().any(|r| r.role == "dead_letter") {
+            self.pending_rejected += 1;
+        } else {
+            self.pending_routed += 1;
+        }
+    }
+
+    /// The transaction ended: committed outcomes reach the metrics, aborted ones are dropped.
+    fn settle(&mut self, committed: bool) {
+        if committed {
+            self.metrics.launches_routed.inc_by(self.pending_routed);
+            self.metrics
+                .launches
+                .with_label_values(&["rejected"])
+                .inc_by(self.pending_rejected);
+        }
+        self.pending_routed = 0;
+        self.pending_rejected = 0;
     }
 
     fn advance(&mut self, record: &InboundRecord) {
@@ -220,6 +244,7 @@ impl RouterCore {
         self.producer.begin()?;
         let offsets = self.offsets();
         self.producer.commit(&offsets, group)?;
+        self.settle(true);
         for (tp, position) in &self.positions {
             self.committed.set(&tp.topic, tp.partition, *position);
         }
@@ -263,6 +288,7 @@ impl ConsumerContext for RouterContext {
                     if let Err(e) = core.producer.abort() {
                         tracing::warn!(error = %ErrorChain(&e), "router abort on revocation failed");
                     }
+                    core.settle(false);
                 }
                 for e in tpl.elements() {
                     let tp = TopicPartition::new(e.topic(), e.partition());
@@ -325,6 +351,8 @@ impl LaunchRouter {
             advanced: false,
             isolate_below: HashMap::new(),
             committed: committed.clone(),
+            pending_routed: 0,
+            pending_rejected: 0,
         }));
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &config.bootstrap)
@@ -399,7 +427,10 @@ impl LaunchRouter {
             return self.isolated(record, out);
         }
         match core.send_all(&out) {
-            Ok(()) => core.advance(record),
+            Ok(()) => {
+                core.count(&out);
+                core.advance(record);
+            }
             Err(e) => {
                 drop(core);
                 tracing::warn!(error = %ErrorChain(&e), "routed record not enqueued");
@@ -421,36 +452,48 @@ impl LaunchRouter {
             drop(core);
             return self.recover(&e);
         }
-        let attempt = core.send_all(&out).map(|()| core.advance(record));
+        let attempt = core.send_all(&out).map(|()| {
+            core.count(&out);
+            core.advance(record);
+        });
         let done = attempt.and_then(|()| tokio::task::block_in_place(|| core.commit(&group)));
         let Err(error) = done else { return };
         tracing::error!(error = %ErrorChain(&error), partition = record.partition, offset = record.offset,
             "launch record refused by Kafka even alone; dead-lettering it with its value cut");
-        let _ = core.producer.abort();
-        let rejection = Rejection {
-            class: request::RejectClass::InvalidRecord,
-            message: format!("its outputs were refused by Kafka: {}", ErrorChain(&error)),
+        self.renew_producer(&mut core);
+        // A rejected record keeps its own class and reason; a valid one whose forwarded
+        // request Kafka refuses is rejected as an invalid record. Either way its dead letter
+        // goes without the value, which is what the broker could not take.
+        let mut minimal = if out.iter().any(|r| r.role == "dead_letter") {
+            out
+        } else {
+            let rejection = Rejection {
+                class: request::RejectClass::InvalidRecord,
+                message: format!("its outputs were refused by Kafka: {}", ErrorChain(&error)),
+            };
+            let fallback = derived_request_id(&record.topic, record.partition, record.offset);
+            core.reject(record, &rejection, &fallback)
         };
-        let fallback = derived_request_id(&record.topic, record.partition, record.offset);
-        let mut minimal = core.reject(record, &rejection, &fallback);
-        if let Some(dl) = minimal.first_mut() {
+        if let Some(dl) = minimal.iter_mut().find(|r| r.role == "dead_letter") {
             dl.payload = None;
             dl.headers
-                .push(("captain.truncated".into(), b"true".to_vec()));
+                .retain(|(k, _)| k != H_TRUNCATED && k != H_ORIGINAL_SIZE);
+            dl.headers.push((H_TRUNCATED.into(), b"true".to_vec()));
             let size = record.payload.as_ref().map_or(0, Vec::len);
-            dl.headers.push((
-                "captain.original.size".into(),
-                size.to_string().into_bytes(),
-            ));
+            dl.headers
+                .push((H_ORIGINAL_SIZE.into(), size.to_string().into_bytes()));
         }
         let fallback_done = core
             .send_all(&minimal)
-            .map(|()| core.advance(record))
+            .map(|()| {
+                core.count(&minimal);
+                core.advance(record);
+            })
             .and_then(|()| tokio::task::block_in_place(|| core.commit(&group)));
         if let Err(e) = fallback_done {
             tracing::error!(error = %ErrorChain(&e), partition = record.partition, offset = record.offset,
                 "launch record skipped: not even its dead letter could be written");
-            let _ = core.producer.abort();
+            self.renew_producer(&mut core);
             self.metrics.launch_records_skipped.inc();
             core.advance(record);
             let skipped = tokio::task::block_in_place(|| core.commit(&group));
@@ -482,22 +525,32 @@ impl LaunchRouter {
         }
     }
 
+    /// Replaces the producer after a failed transaction; its open transaction is aborted by
+    /// the new producer's initialization (which fences the old one). Aborting alone is not
+    /// enough once the broker refused a record: librdkafka keeps that partition's sequence
+    /// number past the refused record, the broker then refuses the next record there as out
+    /// of order, and only the epoch bump of a new producer resets it. If no producer can be
+    /// made, the old one's transaction is aborted and it stays.
+    fn renew_producer(&self, core: &mut RouterCore) {
+        core.settle(false);
+        match new_producer(&self.config, &self.metrics) {
+            Ok(p) => core.producer = p,
+            Err(e) => {
+                tracing::error!(error = %ErrorChain(&e), "cannot replace the router producer");
+                let _ = core.producer.abort();
+            }
+        }
+    }
+
     /// Aborts (or replaces the producer), then consumes again from the committed offsets,
     /// redoing the records of the failed transaction one transaction each.
     fn recover(&self, error: &TxnError) {
         tracing::warn!(error = %ErrorChain(error), "router transaction failed; redoing it record by record");
         let mut core = lock(&self.core);
-        let aborted = match error {
-            TxnError::Fatal(_) => false,
-            _ => core.producer.abort().is_ok(),
-        };
-        if !aborted {
-            match new_producer(&self.config, &self.metrics) {
-                Ok(p) => core.producer = p,
-                Err(e) => {
-                    tracing::error!(error = %ErrorChain(&e), "cannot replace the router producer")
-                }
-            }
+        match error {
+            // Nothing refused: the same producer can go on once the transaction is aborted.
+            TxnError::Retriable(_) if core.producer.abort().is_ok() => core.settle(false),
+            _ => self.renew_producer(&mut core),
         }
         let reached: Vec<(TopicPartition, i64)> = core.positions.drain().collect();
         for (tp, below) in reached {

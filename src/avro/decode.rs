@@ -293,8 +293,7 @@ fn parse_json(payload: &[u8]) -> Result<Json, Rejection> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Err(reject(RejectClass::NotJson, "the record has no value"));
     }
-    serde_json::from_slice(payload)
-        .map_err(|e| reject(RejectClass::NotJson, format!("value is not JSON: {e}")))
+    request::strict_value(payload)
 }
 
 /// True when decoding failed because the bytes ran out.

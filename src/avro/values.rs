@@ -5,6 +5,7 @@
 
 use super::contract::{ContractSchema, RecordKind};
 use crate::domain::request::{reject, RejectClass};
+use crate::domain::strict_json::{self, StrictJsonError};
 use crate::domain::{Rejection, RunResult, RunStatusEvent, StatusError};
 use apache_avro::types::Value;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -211,12 +212,17 @@ pub(crate) fn to_json(kind: RecordKind, value: Value) -> Result<Json, Rejection>
 }
 
 fn json_text_field(name: &str, value: Value) -> Result<Json, Rejection> {
+    // A key given twice inside the text is as ambiguous there as in a JSON record.
     let parse = |at: String, text: &str| {
-        serde_json::from_str::<Json>(text).map_err(|e| {
-            reject(
+        strict_json::from_str(text).map_err(|e| match e {
+            StrictJsonError::DuplicateKey { key, path } => reject(
+                RejectClass::DuplicateKey,
+                format!("{at} holds JSON text in which key {key:?} is given twice in {path}"),
+            ),
+            StrictJsonError::Syntax(m) => reject(
                 RejectClass::InvalidJsonText,
-                format!("{at} is not JSON text: {e}"),
-            )
+                format!("{at} is not JSON text: {m}"),
+            ),
         })
     };
     match unwrap_union(value) {
@@ -445,6 +451,28 @@ mod tests {
             err.message.starts_with("inputs[1] is not JSON text"),
             "{}",
             err.message
+        );
+    }
+
+    #[test]
+    fn json_text_naming_a_key_twice_is_rejected_as_a_duplicate_key_naming_it() {
+        let value = Value::Record(vec![
+            (
+                "inputs".into(),
+                Value::Array(vec![Value::String(
+                    r#"{"custom_data": {"row": "1", "row": "2"}}"#.into(),
+                )]),
+            ),
+            (
+                "parameters".into(),
+                Value::Union(1, Box::new(Value::String(r#"{"n": 1, "n": 2}"#.into()))),
+            ),
+        ]);
+        let err = to_json(RecordKind::LaunchRequest, value).unwrap_err();
+        assert_eq!(err.class, RejectClass::DuplicateKey);
+        assert_eq!(
+            err.message,
+            r#"inputs[0] holds JSON text in which key "row" is given twice in custom_data"#
         );
     }
 }

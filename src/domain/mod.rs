@@ -8,6 +8,7 @@ pub mod reconcile;
 pub mod records;
 pub mod request;
 pub mod status;
+pub mod strict_json;
 pub mod workflow;
 
 pub use decide::{

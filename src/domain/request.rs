@@ -1,6 +1,7 @@
 //! Launch requests: decoding a Kafka record into a [`LaunchRequest`], and the validation that
 //! decides, before anything is sent to the API, whether it goes to the dead-letter topic.
 
+use super::strict_json::{self, StrictJsonError};
 use chrono::DateTime;
 use croner::parser::{CronParser, Seconds};
 use serde::Deserialize;
@@ -126,6 +127,8 @@ pub enum RejectClass {
     NotJson,
     /// JSON, but not the LaunchRequest shape: missing or unknown field, wrong type.
     InvalidShape,
+    /// An object names a key twice (at any depth): which value was meant is unknowable.
+    DuplicateKey,
     /// `inputs` is empty.
     EmptyInputs,
     /// `mode` is none of `async`, `schedule`, `workflow`.
@@ -159,6 +162,7 @@ impl RejectClass {
         match self {
             RejectClass::NotJson => "not_json",
             RejectClass::InvalidShape => "invalid_shape",
+            RejectClass::DuplicateKey => "duplicate_key",
             RejectClass::EmptyInputs => "empty_inputs",
             RejectClass::UnknownMode => "unknown_mode",
             RejectClass::InvalidSchedule => "invalid_schedule",
@@ -280,9 +284,19 @@ pub fn parse_json(payload: &[u8], fallback_id: &str) -> Result<LaunchRequest, Re
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Err(reject(RejectClass::NotJson, "the record has no value"));
     }
-    let value: Value = serde_json::from_slice(payload)
-        .map_err(|e| reject(RejectClass::NotJson, format!("value is not JSON: {e}")))?;
+    let value = strict_value(payload)?;
     from_value(value, fallback_id)
+}
+
+/// The record's value as JSON, refusing a key given twice anywhere in it (class
+/// `duplicate_key`, naming the key and where) as well as text that is not JSON (`not_json`).
+pub fn strict_value(payload: &[u8]) -> Result<Value, Rejection> {
+    strict_json::from_slice(payload).map_err(|e| match e {
+        StrictJsonError::DuplicateKey { .. } => reject(RejectClass::DuplicateKey, e.to_string()),
+        StrictJsonError::Syntax(m) => {
+            reject(RejectClass::NotJson, format!("value is not JSON: {m}"))
+        }
+    })
 }
 
 /// Validates an already-decoded request (JSON or Avro decode into the same value shape).
@@ -693,6 +707,33 @@ mod tests {
         let r = parse(json!({"action": "a", "input": [{}], "inputs": [{}]})).unwrap_err();
         assert_eq!(r.class, RejectClass::InvalidShape);
         assert!(r.message.contains("input"), "{}", r.message);
+    }
+
+    #[test]
+    fn a_key_given_twice_is_rejected_at_any_depth_naming_the_key() {
+        let twice = |raw: &str| parse_json(raw.as_bytes(), "t-0-1").unwrap_err();
+        let r = twice(
+            r#"{"action": "linkedin-extract-people", "inputs": [{}], "action": "linkedin-connect-profile"}"#,
+        );
+        assert_eq!(r.class, RejectClass::DuplicateKey);
+        assert_eq!(r.message, r#"key "action" is given twice in the top level"#);
+        let r = twice(
+            r#"{"action": "a", "inputs": [{"u": 1}, {"custom_data": {"row": "1", "row": "2"}}]}"#,
+        );
+        assert_eq!(r.class, RejectClass::DuplicateKey);
+        assert!(
+            r.message.contains(r#""row""#) && r.message.contains("inputs[1].custom_data"),
+            "{}",
+            r.message
+        );
+        for raw in [
+            r#"{"action": "a", "inputs": [{}], "parameters": {"max_results": 1, "max_results": 9}}"#,
+            r#"{"action": "a", "inputs": [{}], "metadata": {"k": "a", "k": "b"}}"#,
+            r#"{"action": "a", "inputs": [{}], "mode": "schedule", "schedule": {"cron": "* * * * *", "cron": "0 8 * * 1"}}"#,
+            r#"{"request_id": "r", "request_id": "r", "action": "a", "inputs": [{}]}"#,
+        ] {
+            assert_eq!(twice(raw).class, RejectClass::DuplicateKey, "{raw}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ fn sim_client() -> reqwest::Client {
 /// Replays every original callback the simulator gave up on (status FAILED). This is what the
 /// bridge's reconciler will do in production: the platform's own retries are finite, so a
 /// callback that failed while no bridge was listening must be fetched again.
-async fn replay_failed_callbacks(sim: &SimProcess) -> usize {
+pub(crate) async fn replay_failed_callbacks(sim: &SimProcess) -> usize {
     let client = sim_client();
     let api = sim.api_base();
     // Collect first, replay after: a replay that fails is itself a FAILED record, and paging a

@@ -15,6 +15,7 @@ async fn each_invalid_record_class_is_dead_lettered_with_its_reason_and_the_stre
         ("bad-mode", "unknown_mode", br#"{"request_id":"bad-mode","action":"linkedin-extract-people","mode":"live","inputs":[{}]}"#.to_vec()),
         ("bad-cron", "invalid_schedule", br#"{"request_id":"bad-cron","action":"linkedin-extract-people","mode":"schedule","inputs":[{}],"schedule":{"cron":"every day"}}"#.to_vec()),
         ("bad-type", "invalid_shape", br#"{"request_id":"bad-type","action":"linkedin-extract-people","inputs":"all of them"}"#.to_vec()),
+        ("bad-dup", "duplicate_key", br#"{"request_id":"bad-dup","action":"linkedin-extract-people","inputs":[{"linkedin_profile_url":"u","custom_data":{"row":"1","row":"2"}}]}"#.to_vec()),
     ];
     // Valid requests before, between and after the bad ones.
     let mut records = vec![(
@@ -75,6 +76,16 @@ async fn each_invalid_record_class_is_dead_lettered_with_its_reason_and_the_stre
         reason.contains("action"),
         "the reason names the missing field: {reason}"
     );
+    let reason = &dlq
+        .records
+        .iter()
+        .find(|r| r.key.as_deref() == Some("bad-dup"))
+        .unwrap()
+        .headers["captain.error.reason"];
+    assert_eq!(
+        reason, r#"key "row" is given twice in inputs[0].custom_data"#,
+        "the reason names the key and where it is"
+    );
 
     let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
     status.until(
@@ -92,6 +103,7 @@ async fn each_invalid_record_class_is_dead_lettered_with_its_reason_and_the_stre
         "bad-mode",
         "bad-cron",
         "bad-type",
+        "bad-dup",
     ] {
         let events = &by[id];
         assert_eq!(events.len(), 1, "{id}: {events:?}");
@@ -101,7 +113,7 @@ async fn each_invalid_record_class_is_dead_lettered_with_its_reason_and_the_stre
     }
     let metrics = stack.metrics().await;
     assert!(
-        metrics.contains(r#"captain_bridge_launch_requests_total{outcome="rejected"} 6"#),
+        metrics.contains(r#"captain_bridge_launch_requests_total{outcome="rejected"} 7"#),
         "{metrics}"
     );
 }

@@ -2,18 +2,27 @@
 //! scripts/test.sh) and a real `captain-sim` process. Each test has its own topics and group.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abandoned;
 mod backlog;
 mod callbacks_http;
+mod codecs;
 mod cooldown;
 mod crash;
 mod dead_letter;
+mod faults_api;
 mod flow;
+mod huge_callback;
+mod large_request;
 mod ledger;
 mod outage;
 mod ownership;
+mod poison;
+mod probe;
 mod rate_limit;
 mod reconcile;
+mod repeated_crash;
 mod scaling;
+mod secured;
 mod v3;
 
 pub use captain_bridge::config::Settings;

@@ -163,11 +163,21 @@ pub struct LimitsConfig {
     /// Runs kept in memory; beyond it the oldest finished runs are evicted together with
     /// their callback records and stored payloads.
     pub max_runs: usize,
+    /// Largest `/v4` request body taken; beyond it, 413 with an APIError. The API documents no
+    /// byte limit, only 1–100,000 inputs per async run (1–100 per schedule): the default
+    /// takes 100,000 inputs of about 600 bytes, so the item limit is the one that binds.
+    pub max_body_bytes: usize,
 }
+
+/// The default `limits.max_body_bytes`: 64 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_runs: 100_000 }
+        Self {
+            max_runs: 100_000,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! broker of a test's own that can be frozen.
 
 use anyhow::{bail, Context};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -41,6 +43,83 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> anyho
         }
     }
     Ok(())
+}
+
+/// Creates one topic with topic-level `config` (e.g. `max.message.bytes`) before anything uses
+/// it; an existing topic gets `config` set instead.
+pub async fn create_topic_with(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in config {
+        topic = topic.set(k, v);
+    }
+    for r in admin.create_topics(&[topic], &opts).await? {
+        match r {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                for (k, v) in config {
+                    alter_topic_config(bootstrap, name, k, v).await?;
+                }
+            }
+            Err((name, e)) => bail!("create topic {name}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Sets one topic-level config entry (incremental: the others stay).
+pub async fn alter_topic_config(
+    bootstrap: &str,
+    topic: &str,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+    for r in admin.alter_configs(&[alter], &opts).await? {
+        if let Err((_, e)) = r {
+            bail!("alter {topic} {key}={value}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// The offsets `group` has committed on `topic`, per partition (partitions without one are
+/// left out).
+pub fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions_of(&consumer, topic)? {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, TIMEOUT)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// A producer for loading: acks=all, lz4, short linger, a deep local queue, and Java's key
@@ -276,31 +355,52 @@ pub struct OwnBroker {
     repo: PathBuf,
     pub bootstrap: String,
     pub pid: u32,
+    /// Every `KEY=VALUE` line `kafka.sh` printed (`KAFKA_LISTENER`, `KAFKA_INTERNAL_BOOTSTRAP`, ...).
+    pub vars: HashMap<String, String>,
 }
 
 impl OwnBroker {
     /// Starts the broker with `repo`'s `scripts/kafka.sh`; blocks until it answers.
     pub fn start(repo: &Path, name: &str) -> anyhow::Result<Self> {
+        Self::start_with(repo, name, &[])
+    }
+
+    /// As [`OwnBroker::start`], with `env` for `kafka.sh` (e.g. `KAFKA_ADVERTISED_PORT`, so
+    /// that clients stay behind a proxy).
+    pub fn start_with(repo: &Path, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let instance = format!("{name}-{}", uuid::Uuid::new_v4().simple());
-        let script = repo.join("scripts/kafka.sh");
-        let out = std::process::Command::new(&script)
-            .arg("start")
-            .env("CAPTAIN_KAFKA_INSTANCE", &instance)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .with_context(|| format!("running {} start", script.display()))?;
         // Stops the broker even if what follows fails.
         let mut broker = Self {
             instance,
             repo: repo.to_owned(),
             bootstrap: String::new(),
             pid: 0,
+            vars: HashMap::new(),
         };
+        broker.script("start", env)?;
+        Ok(broker)
+    }
+
+    /// Runs `kafka.sh {command}` for this instance and reads what it printed and recorded.
+    fn script(&mut self, command: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let script = self.repo.join("scripts/kafka.sh");
+        let out = std::process::Command::new(&script)
+            .arg(command)
+            .env("CAPTAIN_KAFKA_INSTANCE", &self.instance)
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {} {command}", script.display()))?;
         if !out.status.success() {
-            bail!("kafka.sh start failed: {}", out.status);
+            bail!("kafka.sh {command} failed: {}", out.status);
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
-        broker.bootstrap = stdout
+        self.vars = stdout
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        self.bootstrap = stdout
             .lines()
             .last()
             .and_then(|l| l.strip_prefix("KAFKA_BOOTSTRAP_SERVERS="))
@@ -308,15 +408,26 @@ impl OwnBroker {
             .to_owned();
         let kdir = std::env::var("CAPTAIN_KAFKA_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| repo.join(".kafka"));
-        let state = std::fs::read_to_string(kdir.join(format!("broker-{}.env", broker.instance)))
+            .unwrap_or_else(|_| self.repo.join(".kafka"));
+        let state = std::fs::read_to_string(kdir.join(format!("broker-{}.env", self.instance)))
             .context("broker state file")?;
-        broker.pid = state
+        self.pid = state
             .lines()
             .find_map(|l| l.strip_prefix("KAFKA_PID="))
             .and_then(|p| p.trim().parse().ok())
             .context("KAFKA_PID in the broker state file")?;
-        Ok(broker)
+        Ok(())
+    }
+
+    /// `kafka.sh restart`: stops the broker (SIGTERM) and starts it again on the same ports
+    /// with the same data (topics, records, offsets, transactions); blocks until it answers.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.script("restart", &[])
+    }
+
+    /// `kill -9` of the broker: no clean shutdown (`restart` then recovers its log).
+    pub fn kill_hard(&self) -> anyhow::Result<()> {
+        self.signal("-KILL")
     }
 
     fn signal(&self, signal: &str) -> anyhow::Result<()> {

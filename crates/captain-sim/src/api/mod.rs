@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -49,7 +49,9 @@ pub fn router(state: Arc<SimState>) -> Router {
             "/v4/schedules/{scheduled_run_uid}/{action}",
             post(schedules::manage),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), gate));
+        .route_layer(middleware::from_fn_with_state(state.clone(), gate))
+        // axum's default (2 MB) is no limit of the API's: a 100,000-input body is larger.
+        .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes));
     let control = Router::new()
         .route("/_sim/stats", get(control::stats))
         .route(
@@ -85,8 +87,19 @@ async fn gate(
     if let Some(delay) = state.faults.latency(&runtime.faults) {
         tokio::time::sleep(delay).await;
     }
+    let limit = state.config.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let response = match authenticate(&state, &request) {
         Err(error) => error.into_response(),
+        // A declared size over the limit gets the API's error shape (a chunked body over it
+        // meets axum's limit instead: 413 too, in plain text).
+        Ok(_) if declared.is_some_and(|n| n > limit as u64) => {
+            ApiError::payload_too_large(limit).into_response()
+        }
         Ok(caller) => {
             let bucket = bucket_of(&route);
             match state

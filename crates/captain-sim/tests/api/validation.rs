@@ -146,3 +146,35 @@ async fn list_limits_are_enforced() {
     let resp = app.get("/runs", "/runs?status=DONE").await;
     assert_400(resp, "param", "status").await;
 }
+
+#[tokio::test]
+async fn a_full_async_run_of_100000_inputs_above_axums_2_mb_default_is_accepted() {
+    // The run is accepted and never starts: 100,000 inputs would mean as many callbacks.
+    let mut config = fast_config();
+    config.runtime.timings.queued_after_ms = 600_000;
+    let app = spawn_app_with(config).await;
+    let inputs: Vec<Value> = (0..100_000)
+        .map(|i| json!({"linkedin_profile_url": format!("https://www.linkedin.com/in/someone-{i:06}")}))
+        .collect();
+    let body = json!({"inputs": inputs, "callback": {"url": app.receiver.url}});
+    assert!(
+        body.to_string().len() > 4 * 1024 * 1024,
+        "a body of several MB"
+    );
+    let resp = app.submit("linkedin-extract-people", body).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+}
+
+#[tokio::test]
+async fn a_body_above_limits_max_body_bytes_is_413_with_an_api_error() {
+    let mut config = fast_config();
+    config.limits.max_body_bytes = 64 * 1024;
+    let app = spawn_app_with(config).await;
+    let inputs: Vec<Value> = (0..2_000).map(|_| people_input()).collect();
+    let body = json!({"inputs": inputs, "callback": {"url": app.receiver.url}});
+    let resp = app.submit("linkedin-extract-people", body).await;
+    assert_eq!(resp.status, 413, "{}", resp.body);
+    assert_eq!(resp.body["error_label"], "PAYLOAD_TOO_LARGE");
+    assert_eq!(resp.body["error_scope"], "input");
+    assert_eq!(resp.body["status_code"], 413);
+}
