@@ -1,16 +1,19 @@
 //! Wiring: builds every part from the settings, binds the listeners (so callers learn the real
-//! ports), runs the launch router, the partition owner, the callback server and the ops
-//! server until the shutdown token is cancelled or one of them fails, then stops them in
-//! order: stop consuming (the owner drains its submissions in flight within the deadline and
-//! commits), stop accepting callbacks, flush the producer.
+//! ports), runs the launch router, the partition owner, the callback server (unless
+//! `callbacks.enabled` is false: a live-only bridge) and the ops server until the shutdown
+//! token is cancelled or one of them fails, then stops them in order: stop consuming (the
+//! owner drains its submissions in flight within the deadline and commits), stop accepting
+//! callbacks, flush the producer.
 
 use crate::callbacks::{self, CallbackState, Readiness};
 use crate::captain::{AdaptiveLimiter, CaptainClient, ClientConfig, RetryPolicy};
 use crate::config::{Settings, RECORD_HEADROOM};
+use crate::domain::Admission;
 use crate::intake::CallbackIntake;
 use crate::kafka::{self, ClusterAccess, PauseControl, ProducerConfig, RecordProducer};
 use crate::metrics::Metrics;
 use crate::owner::jobs::{SubmitSettings, Submitter};
+use crate::owner::live::LiveRunner;
 use crate::owner::{OwnerConfig, PartitionOwner};
 use crate::publish::RecordBuilder;
 use crate::router::{LaunchRouter, RouterConfig};
@@ -30,13 +33,14 @@ pub struct Application {
     settings: Settings,
     metrics: Metrics,
     readiness: Readiness,
-    callback_listener: TcpListener,
+    /// `None` without a callback listener (`callbacks.enabled = false`).
+    callback_listener: Option<TcpListener>,
     ops_listener: TcpListener,
     producer: Arc<RecordProducer>,
     router: LaunchRouter,
     owner: PartitionOwner,
     pause: Arc<PauseControl>,
-    callback_state: CallbackState,
+    callback_state: Option<CallbackState>,
     limiter: Arc<AdaptiveLimiter>,
 }
 
@@ -44,17 +48,26 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Metrics::new().context("registering metrics")?;
         let readiness = Readiness::new();
-        let keys = Arc::new(token_keys(&settings)?);
+        let callbacks_on = settings.callbacks.enabled;
+        let keys = match callbacks_on {
+            true => Some(Arc::new(token_keys(&settings)?)),
+            false => None,
+        };
         let header_secret = header_secret(&settings)?;
 
-        let callback_listener = TcpListener::bind(settings.callbacks.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "callbacks.listen: cannot bind {}",
-                    settings.callbacks.listen
-                )
-            })?;
+        let callback_listener = match callbacks_on {
+            true => Some(
+                TcpListener::bind(settings.callbacks.listen)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "callbacks.listen: cannot bind {}",
+                            settings.callbacks.listen
+                        )
+                    })?,
+            ),
+            false => None,
+        };
         let ops_listener = TcpListener::bind(settings.ops.listen)
             .await
             .with_context(|| format!("ops.listen: cannot bind {}", settings.ops.listen))?;
@@ -85,11 +98,22 @@ impl Application {
                 .context("creating the Captain Data client")?
                 .with_gate(limiter.clone()),
         );
+        let live = Arc::new(LiveRunner::new(
+            client.clone(),
+            settings.live.concurrency,
+            settings.live.max_calls_in_flight,
+            metrics.clone(),
+        ));
+        let callback_base = match &callback_listener {
+            Some(listener) => public_base_url(&settings, listener.local_addr()?),
+            None => String::new(),
+        };
         let submitter = Arc::new(Submitter {
             client,
             keys: keys.clone(),
+            live,
             settings: SubmitSettings {
-                public_base_url: public_base_url(&settings, callback_listener.local_addr()?),
+                public_base_url: callback_base,
                 header_secret: header_secret
                     .as_ref()
                     .map(|(name, secret)| (name.to_string(), secret.clone())),
@@ -105,6 +129,11 @@ impl Application {
                 launch_topic: k.topics.launch_requests.clone(),
                 commit_interval: settings.processing.commit_interval,
                 max_request_bytes: k.max_record_bytes,
+                admission: Admission {
+                    callbacks: callbacks_on,
+                    live_max_inputs: settings.live.max_inputs,
+                    auto_max_inputs: settings.live.auto_max_inputs,
+                },
                 producer: producer_config.clone(),
                 transactional_id: format!("{}-router-{instance}", k.group_id),
                 transaction_timeout: k.transaction_timeout,
@@ -140,7 +169,7 @@ impl Application {
             metrics.clone(),
         )
         .context("creating the partition owner")?;
-        let callback_state = CallbackState {
+        let callback_state = keys.map(|keys| CallbackState {
             keys,
             sink: Arc::new(CallbackIntake {
                 records,
@@ -152,7 +181,7 @@ impl Application {
             max_results: settings.callbacks.max_results,
             header_secret,
             metrics: metrics.clone(),
-        };
+        });
         if settings.callbacks.submit_wait.is_some() {
             tracing::warn!("callbacks.submit_wait is ignored: callbacks now wait in their partition's owner for the submission answer");
         }
@@ -171,9 +200,12 @@ impl Application {
         })
     }
 
-    /// The bound callback address (useful with port 0).
-    pub fn callback_addr(&self) -> std::io::Result<SocketAddr> {
-        self.callback_listener.local_addr()
+    /// The bound callback address (useful with port 0); `None` without a callback listener.
+    pub fn callback_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.callback_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
     }
 
     /// The bound `/metrics` `/healthz` `/readyz` address.
@@ -204,11 +236,21 @@ impl Application {
             ops_stop.clone().cancelled_owned(),
         ));
         let callbacks_stop = CancellationToken::new();
-        let mut callback_server = tokio::spawn(callbacks::serve(
-            callback_listener,
-            callbacks::callback_router(callback_state),
-            callbacks_stop.clone().cancelled_owned(),
-        ));
+        let mut callback_server = match (callback_listener, callback_state) {
+            (Some(listener), Some(state)) => tokio::spawn(callbacks::serve(
+                listener,
+                callbacks::callback_router(state),
+                callbacks_stop.clone().cancelled_owned(),
+            )),
+            // A live-only bridge: a server that stops when told, serving nothing meanwhile.
+            _ => tokio::spawn({
+                let stop = callbacks_stop.clone();
+                async move {
+                    stop.cancelled().await;
+                    Ok::<(), std::io::Error>(())
+                }
+            }),
+        };
         let consume_stop = CancellationToken::new();
         tokio::spawn(pause_during_cooldowns(
             limiter,
@@ -221,7 +263,7 @@ impl Application {
         let mut owning = tokio::spawn(owner.run(consume_stop.clone()));
         readiness.set_ready(true);
         tracing::info!(
-            callbacks = %settings.callbacks.listen,
+            callbacks = %if settings.callbacks.enabled { settings.callbacks.listen.to_string() } else { "off".into() },
             ops = %settings.ops.listen,
             topic = %settings.kafka.topics.launch_requests,
             "captain-bridge running"

@@ -36,6 +36,8 @@ const CALLBACK_OUTCOMES: &[&str] = &[
     "too_large",
     "unavailable",
 ];
+/// `outcome` values of `live_inputs_total`.
+const LIVE_INPUT_OUTCOMES: &[&str] = &["succeeded", "failed"];
 /// `topic` values (topic roles) of `records_produced_total` and `produce_errors_total`.
 const TOPIC_ROLES: &[&str] = &[
     "status",
@@ -125,6 +127,12 @@ pub struct Metrics {
     /// Consumer lag in records, by topic, summed over the partitions this instance fetches
     /// (from librdkafka's statistics, see [`crate::kafka::stats`]).
     pub consumer_lag: IntGaugeVec,
+    /// Live pages whose results were published.
+    pub live_pages: IntCounter,
+    /// Inputs of live requests that ended, by outcome (`succeeded`, `failed`).
+    pub live_inputs: IntCounterVec,
+    /// Live calls in flight (every live request of the instance together).
+    pub live_calls_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -337,6 +345,22 @@ impl Metrics {
             ),
             &["topic"],
         )?;
+        let live_pages = IntCounter::new(
+            "live_pages_total",
+            "Live pages whose results were published",
+        )?;
+        let live_inputs = IntCounterVec::new(
+            Opts::new(
+                "live_inputs_total",
+                "Inputs of live requests that ended, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let live_calls_in_flight =
+            IntGauge::new("live_calls_in_flight", "Live API calls in flight")?;
+        registry.register(Box::new(live_pages.clone()))?;
+        registry.register(Box::new(live_inputs.clone()))?;
+        registry.register(Box::new(live_calls_in_flight.clone()))?;
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
         registry.register(Box::new(launch_paused_for_cooldown.clone()))?;
@@ -362,6 +386,9 @@ impl Metrics {
         }
         for outcome in CALLBACK_OUTCOMES {
             callbacks.with_label_values(&[outcome]);
+        }
+        for outcome in LIVE_INPUT_OUTCOMES {
+            live_inputs.with_label_values(&[outcome]);
         }
         for role in TOPIC_ROLES {
             records_produced.with_label_values(&[role]);
@@ -402,6 +429,9 @@ impl Metrics {
             registry_request_failures,
             ready,
             consumer_lag,
+            live_pages,
+            live_inputs,
+            live_calls_in_flight,
         })
     }
 

@@ -11,7 +11,7 @@
 //! refused, skipped with an error log and a metric, never retried forever.
 
 use crate::domain::request::{self, derived_request_id, Mode, RejectedContext};
-use crate::domain::{Rejection, RunStatus, RunStatusEvent, StatusError, StatusSource};
+use crate::domain::{Admission, Rejection, RunStatus, RunStatusEvent, StatusError, StatusSource};
 use crate::kafka::stats::{CommittedOffsets, LagRecorder};
 use crate::kafka::{
     InboundRecord, OutRecord, ProducerConfig, TopicPartition, TxnError, TxnProducer,
@@ -42,6 +42,8 @@ pub struct RouterConfig {
     pub commit_interval: Duration,
     /// Largest request forwarded to the requests topic (its `max.message.bytes`).
     pub max_request_bytes: usize,
+    /// What the bridge serves: `auto` resolved, live limits, modes needing callbacks.
+    pub admission: Admission,
     pub producer: ProducerConfig,
     pub transactional_id: String,
     pub transaction_timeout: Duration,
@@ -66,6 +68,7 @@ struct RouterCore {
     records: RecordBuilder,
     metrics: Metrics,
     max_request_bytes: usize,
+    admission: Admission,
     /// Next offset to commit per partition (every routed record is done at once).
     positions: HashMap<TopicPartition, i64>,
     advanced: bool,
@@ -95,7 +98,7 @@ impl RouterCore {
     fn route(&self, record: &InboundRecord) -> Vec<OutRecord> {
         let fallback = derived_request_id(&record.topic, record.partition, record.offset);
         let payload = record.payload.as_deref().unwrap_or_default();
-        match request::parse_json(payload, &fallback) {
+        match request::parse_json(payload, &fallback).and_then(|r| self.admission.admit(r)) {
             Ok(request) => {
                 let out = self.records.launch(&request, &Self::origin(record));
                 let size = out.payload.as_ref().map_or(0, Vec::len);
@@ -134,7 +137,7 @@ impl RouterCore {
             schedule_uid: None,
             chunk: 0,
             action: ctx.action.unwrap_or_default(),
-            mode: Mode::Async,
+            mode: ctx.mode.unwrap_or(Mode::Async),
             status: RunStatus::Rejected,
             previous_status: None,
             error: Some(StatusError {
@@ -146,6 +149,7 @@ impl RouterCore {
             source: StatusSource::Bridge,
             occurred_at: Utc::now(),
             metadata: ctx.metadata,
+            input_errors: None,
         };
         vec![
             self.records
@@ -284,6 +288,7 @@ impl LaunchRouter {
             records,
             metrics: metrics.clone(),
             max_request_bytes: config.max_request_bytes,
+            admission: config.admission,
             positions: HashMap::new(),
             advanced: false,
             isolate_below: HashMap::new(),

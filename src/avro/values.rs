@@ -5,7 +5,7 @@
 
 use super::contract::{ContractSchema, RecordKind};
 use crate::domain::request::{reject, RejectClass};
-use crate::domain::{Rejection, RunResult, RunStatusEvent, StatusError};
+use crate::domain::{InputError, Rejection, RunResult, RunStatusEvent, StatusError};
 use apache_avro::types::Value;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value as Json;
@@ -104,24 +104,23 @@ pub(crate) fn status_value(
     e: &RunStatusEvent,
     symbols: &StatusSymbols,
 ) -> Result<Value, ValueError> {
-    let error = e.error.as_ref().map(
-        |StatusError {
-             label,
-             scope,
-             message,
-             http_status,
-         }| {
-            Value::Record(vec![
-                ("label".into(), optional(label.as_deref().map(string))),
-                ("scope".into(), optional(scope.as_deref().map(string))),
-                ("message".into(), string(message)),
-                (
-                    "http_status".into(),
-                    optional(http_status.map(|s| Value::Int(i32::from(s)))),
-                ),
-            ])
-        },
-    );
+    let error = e.error.as_ref().map(status_error);
+    let input_errors = e
+        .input_errors
+        .as_ref()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|InputError { index, error }| {
+                    Ok(Value::Record(vec![
+                        ("index".into(), int("input_errors.index", *index)?),
+                        ("error".into(), status_error(error)),
+                    ]))
+                })
+                .collect::<Result<Vec<_>, ValueError>>()
+                .map(Value::Array)
+        })
+        .transpose()?;
     Ok(Value::Record(vec![
         ("request_id".into(), string(&e.request_id)),
         ("run_uid".into(), optional(e.run_uid.as_deref().map(string))),
@@ -145,7 +144,27 @@ pub(crate) fn status_value(
         ("source".into(), symbols.source.value(e.source.as_str())?),
         ("occurred_at".into(), timestamp(&e.occurred_at)),
         ("metadata".into(), string_map(&e.metadata)),
+        ("input_errors".into(), optional(input_errors)),
     ]))
+}
+
+fn status_error(
+    StatusError {
+        label,
+        scope,
+        message,
+        http_status,
+    }: &StatusError,
+) -> Value {
+    Value::Record(vec![
+        ("label".into(), optional(label.as_deref().map(string))),
+        ("scope".into(), optional(scope.as_deref().map(string))),
+        ("message".into(), string(message)),
+        (
+            "http_status".into(),
+            optional(http_status.map(|s| Value::Int(i32::from(s)))),
+        ),
+    ])
 }
 
 /// A `RunResult` as a value of `RunResult.avsc`; `input`, `custom_data` and `result` become
@@ -290,6 +309,7 @@ mod tests {
             source: StatusSource::Callback,
             occurred_at: "2026-11-29T06:02:32.123456789Z".parse().unwrap(),
             metadata: BTreeMap::from([("crm".into(), "42".into())]),
+            input_errors: None,
         }
     }
 
@@ -341,6 +361,22 @@ mod tests {
                 mode: Mode::Async,
                 ..sample_event()
             },
+            RunStatusEvent {
+                run_uid: None,
+                status: RunStatus::PartialSucceeded,
+                source: StatusSource::Live,
+                mode: Mode::Live,
+                input_errors: Some(vec![InputError {
+                    index: 1,
+                    error: StatusError {
+                        label: Some("NO_RESULT".into()),
+                        scope: Some("integ".into()),
+                        message: "nothing".into(),
+                        http_status: Some(424),
+                    },
+                }]),
+                ..sample_event()
+            },
         ] {
             let value = status_value(&event, &symbols).unwrap();
             assert_eq!(
@@ -377,6 +413,7 @@ mod tests {
             StatusSource::Callback,
             StatusSource::Poll,
             StatusSource::Bridge,
+            StatusSource::Live,
         ] {
             let event = RunStatusEvent {
                 source,

@@ -20,7 +20,9 @@ pub use client::{
 };
 pub use error::{AttemptError, SubmitError};
 pub use limiter::{AdaptiveLimiter, LimiterConfig, LimiterConfigError};
-pub use live::{LiveFailure, LivePage, LivePager, LiveResults, NextPage, MAX_LIVE_PAGES};
+pub use live::{
+    LiveFailure, LivePage, LivePager, LiveResults, LiveResume, NextPage, MAX_LIVE_PAGES,
+};
 pub use retry::{rate_limit_wait, AttemptGate, RateMode, RetryPolicy};
 pub use wire::{
     AcceptedStatus, ApiError, AsyncRunAccepted, AsyncRunBody, CallbackDeliveryStatus,

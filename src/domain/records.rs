@@ -1,6 +1,7 @@
 //! The records the bridge publishes (status events, results) and the run state it keeps in
 //! the compacted `runs` topic. JSON field names are the contract of design.md section 3.
 
+use super::live::LiveState;
 use super::request::Mode;
 use super::status::RunStatus;
 use chrono::{DateTime, Utc};
@@ -17,6 +18,8 @@ pub enum StatusSource {
     Callback,
     Poll,
     Bridge,
+    /// A live request's own status, decided by the bridge from its inputs' live calls.
+    Live,
 }
 
 impl StatusSource {
@@ -27,6 +30,7 @@ impl StatusSource {
             StatusSource::Callback => "callback",
             StatusSource::Poll => "poll",
             StatusSource::Bridge => "bridge",
+            StatusSource::Live => "live",
         }
     }
 }
@@ -55,12 +59,25 @@ pub struct RunStatusEvent {
     pub source: StatusSource,
     pub occurred_at: DateTime<Utc>,
     pub metadata: BTreeMap<String, String>,
+    /// A live request's final status: the inputs that failed, each with its error, in input
+    /// order. `None` for every other event.
+    #[serde(default)]
+    pub input_errors: Option<Vec<InputError>>,
 }
 
-/// One result item of one callback batch.
+/// One input of a live request that failed, as its request's final status event lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputError {
+    /// The input's position in the request's `inputs` (from 0).
+    pub index: u32,
+    pub error: StatusError,
+}
+
+/// One result item of one callback batch, or of one live page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
-    /// `run_uid:batch_uid:index`: stable across replays, for downstream deduplication.
+    /// `run_uid:batch_uid:index`: stable across replays and redeliveries, for downstream
+    /// deduplication (for live results see [`super::live::LiveIds`]).
     pub result_id: String,
     pub request_id: String,
     pub run_uid: String,
@@ -109,6 +126,9 @@ pub struct RunState {
     pub metadata: BTreeMap<String, String>,
     pub chunks: Vec<ChunkState>,
     pub updated_at: DateTime<Utc>,
+    /// A live request's progress, input by input (no chunks, no runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveState>,
 }
 
 /// One chunk of a request: one async run, or one schedule (whose firings are runs).
@@ -175,6 +195,7 @@ impl RunState {
                 })
                 .collect(),
             updated_at: Utc::now(),
+            live: None,
         }
     }
 
@@ -244,6 +265,7 @@ mod tests {
             source: StatusSource::Bridge,
             occurred_at: Utc::now(),
             metadata: BTreeMap::new(),
+            input_errors: None,
         };
         let v = serde_json::to_value(&e).unwrap();
         for key in [
@@ -259,6 +281,7 @@ mod tests {
             "source",
             "occurred_at",
             "metadata",
+            "input_errors",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }
@@ -305,6 +328,10 @@ mod tests {
             source: StatusSource::Callback,
             occurred_at: Utc::now(),
             metadata: BTreeMap::new(),
+            input_errors: Some(vec![InputError {
+                index: 1,
+                error: StatusError::default(),
+            }]),
         };
         assert_eq!(
             json_fields(&event),

@@ -15,8 +15,15 @@ pub const MAX_REQUEST_ID_LEN: usize = 200;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// One run for (a chunk of) the inputs; results arrive by callback.
     Async,
+    /// A schedule whose firings are async runs.
     Schedule,
+    /// One `run/live` call per input and page; results in the answers, no callback.
+    Live,
+    /// `live` at or under `live.auto_max_inputs` inputs, `async` above: resolved by the
+    /// launch router (see [`super::admission`]), never run as such.
+    Auto,
 }
 
 impl Mode {
@@ -24,7 +31,25 @@ impl Mode {
         match self {
             Mode::Async => "async",
             Mode::Schedule => "schedule",
+            Mode::Live => "live",
+            Mode::Auto => "auto",
         }
+    }
+
+    /// The mode named `name` on the wire.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "async" => Some(Mode::Async),
+            "schedule" => Some(Mode::Schedule),
+            "live" => Some(Mode::Live),
+            "auto" => Some(Mode::Auto),
+            _ => None,
+        }
+    }
+
+    /// Whether the API answers this mode by callback (so the bridge needs its listener).
+    pub fn needs_callbacks(self) -> bool {
+        matches!(self, Mode::Async | Mode::Schedule)
     }
 }
 
@@ -72,8 +97,13 @@ pub enum RejectClass {
     InvalidShape,
     /// `inputs` is empty.
     EmptyInputs,
-    /// `mode` is neither `async` nor `schedule`.
+    /// `mode` is not one of `async`, `schedule`, `live`, `auto`.
     UnknownMode,
+    /// A live request with more inputs than `live.max_inputs`.
+    TooManyInputs,
+    /// A mode this bridge cannot serve: `async` or `schedule` (or `auto` resolved to `async`)
+    /// on a bridge without a callback listener (`callbacks.enabled = false`).
+    ModeUnavailable,
     /// `schedule.cron`, `schedule.schedule_at` or `schedule.timezone` is not valid.
     InvalidSchedule,
     /// A field has a value the API would refuse (action slug, request_id, identity_mode).
@@ -105,6 +135,8 @@ impl RejectClass {
             RejectClass::InvalidShape => "invalid_shape",
             RejectClass::EmptyInputs => "empty_inputs",
             RejectClass::UnknownMode => "unknown_mode",
+            RejectClass::TooManyInputs => "too_many_inputs",
+            RejectClass::ModeUnavailable => "mode_unavailable",
             RejectClass::InvalidSchedule => "invalid_schedule",
             RejectClass::InvalidValue => "invalid_value",
             RejectClass::InvalidRecord => "invalid_record",
@@ -157,6 +189,8 @@ struct WireRequest {
 pub struct RejectedContext {
     pub request_id: Option<String>,
     pub action: Option<String>,
+    /// The mode asked for, when it is one the bridge knows.
+    pub mode: Option<Mode>,
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -191,6 +225,10 @@ impl RejectedContext {
         Self {
             request_id: text("request_id"),
             action: text("action"),
+            mode: map
+                .get("mode")
+                .and_then(Value::as_str)
+                .and_then(Mode::parse),
             metadata,
         }
     }
@@ -255,14 +293,13 @@ fn validate(wire: WireRequest, fallback_id: &str) -> Result<LaunchRequest, Rejec
         ));
     }
     let mode = match wire.mode.as_deref() {
-        None | Some("async") => Mode::Async,
-        Some("schedule") => Mode::Schedule,
-        Some(other) => {
-            return Err(reject(
+        None => Mode::Async,
+        Some(name) => Mode::parse(name).ok_or_else(|| {
+            reject(
                 RejectClass::UnknownMode,
-                format!("mode {other:?} is not one of \"async\", \"schedule\""),
-            ))
-        }
+                format!("mode {name:?} is not one of \"async\", \"schedule\", \"live\", \"auto\""),
+            )
+        })?,
     };
     if wire.inputs.is_empty() {
         return Err(reject(
@@ -300,13 +337,13 @@ fn validate(wire: WireRequest, fallback_id: &str) -> Result<LaunchRequest, Rejec
             ))
         }
         (Mode::Schedule, Some(s)) => Some(validate_schedule(s)?),
-        (Mode::Async, Some(_)) => {
+        (_, Some(_)) => {
             return Err(reject(
                 RejectClass::InvalidSchedule,
                 "schedule is only allowed with mode \"schedule\"",
             ))
         }
-        (Mode::Async, None) => None,
+        (_, None) => None,
     };
     Ok(LaunchRequest {
         request_id,
@@ -459,9 +496,33 @@ mod tests {
     #[test]
     fn an_unknown_mode_is_rejected() {
         assert_eq!(
-            class_of(json!({"action": "a", "inputs": [{}], "mode": "live"})),
+            class_of(json!({"action": "a", "inputs": [{}], "mode": "sync"})),
             RejectClass::UnknownMode
         );
+    }
+
+    #[test]
+    fn every_mode_name_is_read_and_a_schedule_is_refused_outside_schedule_mode() {
+        for (name, mode) in [
+            ("async", Mode::Async),
+            ("schedule", Mode::Schedule),
+            ("live", Mode::Live),
+            ("auto", Mode::Auto),
+        ] {
+            assert_eq!(Mode::parse(name), Some(mode));
+            assert_eq!(mode.as_str(), name);
+            assert_eq!(serde_json::to_value(mode).unwrap(), json!(name));
+        }
+        let r = parse(json!({"action": "a", "inputs": [{}], "mode": "live"})).unwrap();
+        assert_eq!(r.mode, Mode::Live);
+        for mode in ["live", "auto", "async"] {
+            assert_eq!(
+                class_of(json!({"action": "a", "inputs": [{}], "mode": mode,
+                                "schedule": {"cron": "0 8 * * 1"}})),
+                RejectClass::InvalidSchedule,
+                "{mode}"
+            );
+        }
     }
 
     #[test]
@@ -547,9 +608,10 @@ mod tests {
     #[test]
     fn a_rejected_record_keeps_its_request_id_and_metadata_when_readable() {
         let ctx = RejectedContext::from_bytes(
-            br#"{"request_id": "r9", "inputs": [], "metadata": {"a": "b"}}"#,
+            br#"{"request_id": "r9", "mode": "live", "inputs": [], "metadata": {"a": "b"}}"#,
         );
         assert_eq!(ctx.request_id.as_deref(), Some("r9"));
+        assert_eq!(ctx.mode, Some(Mode::Live));
         assert_eq!(ctx.metadata.get("a").map(String::as_str), Some("b"));
     }
 }

@@ -1,8 +1,10 @@
 //! Submission jobs: the API calls of one launch request, made off the owner's loop. A job
 //! submits the chunks it was given one after the other (each through the shared rate limiter
 //! and retry policy) and reports every chunk's outcome as it comes, then that it is done; the
-//! owner applies the outcomes to the request's state in its transaction.
+//! owner applies the outcomes to the request's state in its transaction. Live requests have
+//! jobs of their own ([`super::live`]), reporting through the same channel.
 
+use super::live::{LiveMessage, LiveRunner};
 use crate::captain::{AsyncRunBody, CallbackTarget, CaptainClient, ScheduleRunBody, SubmitError};
 use crate::domain::request::{self, LaunchRequest, Mode};
 use crate::domain::{StatusError, Submission};
@@ -28,8 +30,12 @@ pub struct SubmitSettings {
 /// Starts submission jobs.
 pub struct Submitter {
     pub client: Arc<CaptainClient>,
-    pub keys: Arc<TokenKeys>,
+    /// Signs callback URLs; `None` on a bridge without a callback listener, which submits
+    /// no async run or schedule (the router refuses them; see `domain::admission`).
+    pub keys: Option<Arc<TokenKeys>>,
     pub settings: SubmitSettings,
+    /// Starts the jobs of live requests.
+    pub live: Arc<LiveRunner>,
 }
 
 /// A job's report to the owner.
@@ -44,12 +50,15 @@ pub enum JobMessage {
     },
     /// Every chunk the job was given has an outcome (or the job stopped).
     Done { request_id: String, partition: i32 },
+    /// A live job's page, input end or end.
+    Live(LiveMessage),
 }
 
 impl JobMessage {
     pub fn partition(&self) -> i32 {
         match self {
             JobMessage::Chunk { partition, .. } | JobMessage::Done { partition, .. } => *partition,
+            JobMessage::Live(m) => m.partition,
         }
     }
 }
@@ -62,7 +71,7 @@ pub struct JobReports {
 }
 
 impl JobReports {
-    fn send(&self, message: JobMessage) {
+    pub(super) fn send(&self, message: JobMessage) {
         // The owner outlives its jobs; a send after it stopped changes nothing.
         let _ = self.tx.send(message);
         self.wake.notify_one();
@@ -70,11 +79,13 @@ impl JobReports {
 }
 
 impl Submitter {
-    /// The chunk size of `request`'s mode (the API's per-run input limit).
+    /// The chunk size of `request`'s mode (the API's per-run input limit). Live requests are
+    /// not chunked (their jobs are [`LiveRunner`]'s).
     pub fn chunk_size(&self, mode: Mode) -> usize {
         match mode {
             Mode::Async => self.settings.async_max_inputs,
             Mode::Schedule => self.settings.schedule_max_inputs,
+            Mode::Live | Mode::Auto => usize::MAX,
         }
     }
 
@@ -125,7 +136,17 @@ impl Submitter {
         chunk: u32,
         inputs: &[serde_json::Value],
     ) -> Result<Submission, SubmitError> {
-        let token = self.keys.sign(&CallbackClaims {
+        let Some(keys) = &self.keys else {
+            // A request routed before the listener was turned off: refused for good.
+            return Err(SubmitError::InvalidRequest {
+                reason: format!(
+                    "mode {:?} needs callbacks and this bridge has no callback listener \
+                     (callbacks.enabled = false)",
+                    request.mode.as_str()
+                ),
+            });
+        };
+        let token = keys.sign(&CallbackClaims {
             request_id: request.request_id.clone(),
             chunk,
         });
@@ -170,6 +191,9 @@ impl Submitter {
                     schedule_uid: accepted.schedule_uid,
                 })
             }
+            Mode::Live | Mode::Auto => Err(SubmitError::InvalidRequest {
+                reason: format!("mode {:?} is not submitted as a run", request.mode.as_str()),
+            }),
         }
     }
 }
@@ -182,6 +206,12 @@ fn status_error(error: &SubmitError) -> StatusError {
             scope: error.error_scope.clone(),
             message: error.message.clone(),
             http_status: Some(*http_status),
+        },
+        SubmitError::InvalidRequest { reason } => StatusError {
+            label: Some("NOT_SUBMITTED".into()),
+            scope: None,
+            message: reason.clone(),
+            http_status: None,
         },
         other => StatusError {
             label: Some("SUBMIT_RETRIES_EXHAUSTED".into()),

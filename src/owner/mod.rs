@@ -14,6 +14,7 @@
 
 mod core;
 pub mod jobs;
+pub mod live;
 pub mod restore;
 
 use self::core::{Core, CoreConfig, CoreParts};

@@ -39,6 +39,7 @@ pub fn status_event(request_id: &str) -> RunStatusEvent {
             ("crm".into(), "42".into()),
             ("team".into(), "growth".into()),
         ]),
+        input_errors: None,
     }
 }
 

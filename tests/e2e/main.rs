@@ -8,6 +8,7 @@ mod cooldown;
 mod crash;
 mod dead_letter;
 mod flow;
+mod live;
 mod outage;
 mod rate_limit;
 mod scaling;

@@ -12,6 +12,7 @@
 
 mod callback;
 mod launch;
+mod live;
 
 use super::jobs::{JobMessage, JobReports, Submitter};
 use crate::domain::request::{derived_request_id, RejectClass};
@@ -53,6 +54,9 @@ struct Job {
     offsets: Vec<i64>,
     failed: bool,
     handle: tokio::task::JoinHandle<()>,
+    /// Set for a live request's job: it resumes from the run state, so it is stopped rather
+    /// than drained when its partition leaves or the transaction aborts.
+    live: Option<super::live::LiveHandle>,
 }
 
 /// One owned, restored partition's run state.
@@ -309,6 +313,7 @@ impl Core {
             .copied()
             .collect();
         let replay = std::mem::take(&mut self.applied);
+        self.stop_live_jobs(&all);
         self.forget(&all);
         self.deferred.splice(0..0, replay);
         self.advanced = false;
@@ -475,6 +480,7 @@ impl Core {
     pub fn revoke(&mut self, group: Option<&ConsumerGroupMetadata>, lost: bool) {
         let revoked: BTreeSet<i32> = self.assigned.take().unwrap_or_default();
         self.epoch += 1;
+        self.stop_live_jobs(&revoked);
         if !lost {
             self.drain_jobs(&revoked, self.config.revoke_drain);
         }
@@ -515,9 +521,12 @@ impl Core {
         }
     }
 
-    /// Stops taking records; jobs in flight still report.
+    /// Stops taking records; submission jobs in flight still report, live jobs stop (their
+    /// requests resume from the committed state after restart).
     pub fn stop_taking(&mut self) {
         self.stopping = true;
+        let all: BTreeSet<i32> = self.jobs.values().map(|j| j.partition).collect();
+        self.stop_live_jobs(&all);
     }
 
     /// Aborts the jobs still running (past the drain deadline): their requests are submitted
