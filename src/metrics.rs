@@ -49,13 +49,13 @@ pub struct Metrics {
     /// 429 answers seen by the rate limiter, by key name (the configured name, never the
     /// secret) and mode.
     pub limiter_rate_limited: IntCounterVec,
-    /// Seconds the rate limiter held a key in cooldown after 429s, by key name.
+    /// Seconds the rate limiter held a key's mode in cooldown after 429s, by key name and mode.
     pub limiter_cooldown_seconds: CounterVec,
-    /// Rate the limiter currently lets through (requests per second), by key name.
+    /// Rate the limiter currently lets through (requests per second), by key name and mode.
     pub limiter_permitted_rate: GaugeVec,
-    /// Attempts waiting in the rate limiter right now, by key name.
+    /// Attempts waiting in the rate limiter right now, by key name and mode.
     pub limiter_waiting: IntGaugeVec,
-    /// Time one attempt waited in the rate limiter (pacing and cooldown), by key name.
+    /// Time one attempt waited in the rate limiter (pacing and cooldown), by key name and mode.
     pub limiter_wait: HistogramVec,
 }
 
@@ -120,30 +120,30 @@ impl Metrics {
         let limiter_rate_limited = IntCounterVec::new(
             Opts::new(
                 "api_limiter_rate_limited_total",
-                "429 answers seen by the rate limiter, by key name and mode",
+                "429 answers seen by the rate limiter, by key name and the mode whose limit was hit",
             ),
             &["key", "mode"],
         )?;
         let limiter_cooldown_seconds = CounterVec::new(
             Opts::new(
                 "api_rate_limit_cooldown_seconds_total",
-                "Seconds a key spent in cooldown after 429 answers",
+                "Seconds a key's mode spent in cooldown after 429 answers",
             ),
-            &["key"],
+            &["key", "mode"],
         )?;
         let limiter_permitted_rate = GaugeVec::new(
             Opts::new(
                 "api_permitted_rate",
                 "Requests per second the rate limiter currently lets through",
             ),
-            &["key"],
+            &["key", "mode"],
         )?;
         let limiter_waiting = IntGaugeVec::new(
             Opts::new(
                 "api_requests_waiting",
                 "Attempts waiting in the rate limiter",
             ),
-            &["key"],
+            &["key", "mode"],
         )?;
         let limiter_wait = HistogramVec::new(
             HistogramOpts::new(
@@ -151,7 +151,7 @@ impl Metrics {
                 "Time one attempt waited in the rate limiter",
             )
             .buckets(LIMITER_WAIT_BUCKETS.to_vec()),
-            &["key"],
+            &["key", "mode"],
         )?;
 
         let launch_paused_for_cooldown = IntGauge::new(

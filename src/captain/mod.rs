@@ -12,8 +12,8 @@ pub use client::{
     CaptainClient, ClientBuildError, ClientConfig, ScheduleCommand, CALLBACKS_PAGE_SIZE,
 };
 pub use error::{AttemptError, SubmitError};
-pub use limiter::{AdaptiveLimiter, LimiterConfig, LimiterConfigError};
-pub use retry::{rate_limit_wait, AttemptGate, RateMode, RetryPolicy};
+pub use limiter::{AdaptiveLimiter, LimiterConfig, LimiterConfigError, ModeOverrides};
+pub use retry::{rate_limit_wait, AttemptGate, RateLimitAnswer, RateMode, RetryPolicy};
 pub use wire::{
     AcceptedStatus, ApiError, AsyncRunAccepted, AsyncRunBody, CallbackDeliveryStatus,
     CallbackRecord, CallbackTarget, ExecutionMode, Run, RunCallback, RunLastError, Schedule,

@@ -117,24 +117,40 @@ impl Adaptation {
         }
     }
 
-    /// A 429 at `now`, asking for `retry_after` if it said: starts (or extends) the cooldown
-    /// and, for the first 429 of a burst, cuts the rate.
+    /// An attempt this state let through was answered 429 at `now`.
+    pub(super) fn refused(&mut self, now: Instant) {
+        self.meter.refused(now.duration_since(self.origin));
+    }
+
+    /// The wait a 429 asking for `retry_after` (if it said) imposes.
+    fn wait(&self, retry_after: Option<Duration>) -> Duration {
+        retry_after
+            .unwrap_or(self.config.default_cooldown)
+            .clamp(MIN_COOLDOWN, self.config.max_cooldown)
+    }
+
+    /// Starts (or extends) the cooldown for a 429 at `now` without learning from it; answers
+    /// the cooldown time added beyond the one already running.
+    pub(super) fn cool_down(&mut self, now: Instant, retry_after: Option<Duration>) -> Duration {
+        let until = now + self.wait(retry_after);
+        if until <= self.cooldown_until {
+            return Duration::ZERO;
+        }
+        let added = until - self.cooldown_until.max(now);
+        self.cooldown_until = until;
+        added
+    }
+
+    /// A 429 at `now` on this state's limit, asking for `retry_after` if it said: starts (or
+    /// extends) the cooldown and, for the first 429 of a burst, cuts the rate. The refused
+    /// attempt is counted by [`Adaptation::refused`] of the state that let it through.
     pub(super) fn rate_limited(
         &mut self,
         now: Instant,
         retry_after: Option<Duration>,
     ) -> RateLimited {
-        let wait = retry_after
-            .unwrap_or(self.config.default_cooldown)
-            .clamp(MIN_COOLDOWN, self.config.max_cooldown);
         let cooling = self.cooldown_until > now;
-        let until = now + wait;
-        let mut cooldown_added = Duration::ZERO;
-        if until > self.cooldown_until {
-            cooldown_added = until - self.cooldown_until.max(now);
-            self.cooldown_until = until;
-        }
-        self.meter.refused(now.duration_since(self.origin));
+        let cooldown_added = self.cool_down(now, retry_after);
         // The 429s of one burst arrive together: cut the rate for the first only, and not twice
         // within a probe interval, lest one burst collapse the rate to the floor.
         let recently_cut = self
@@ -145,7 +161,7 @@ impl Adaptation {
             self.cut(now);
         }
         RateLimited {
-            wait,
+            wait: self.wait(retry_after),
             cooldown_added,
             cut,
         }

@@ -1,11 +1,13 @@
-//! The rate limiter for one API key, shared by every task of the instance: a GCRA bucket
-//! (`governor`) at a rate that adapts to the API's 429 answers, and a key-wide cooldown after
-//! each 429. It is the client's `AttemptGate`, so first attempts and retries alike pass it.
+//! The rate limiter for one API key, shared by every task of the instance. The API limits each
+//! mode (live, async, schedule, api) separately, so each mode has its own budget: a GCRA bucket
+//! (`governor`) at a rate that adapts to the API's 429 answers, and a cooldown after each 429
+//! on it. It is the client's `AttemptGate`, so first attempts and retries alike pass it.
 //!
-//! - `config`: the `[captain.rate_limit]` settings and their validation;
+//! - `config`: the `[captain.rate_limit]` settings, per-mode overrides, validation;
 //! - `meter`: what the API accepted, slot by slot, to read its real limit back;
 //! - `adaptive`: the rate, the cooldown and the hold, and how 429s and quiet spells move them;
-//! - `gate`: [`AdaptiveLimiter`], the bucket at that rate, the cooldown wait, the metrics;
+//! - `gate`: [`AdaptiveLimiter`], a lane per mode: the bucket at its rate, the cooldown wait,
+//!   the metrics, and which mode a 429 teaches;
 //! - `sim` (tests only): simulated rate-limited APIs and a virtual-time driver.
 
 mod adaptive;
@@ -15,5 +17,5 @@ mod meter;
 #[cfg(test)]
 mod sim;
 
-pub use config::{LimiterConfig, LimiterConfigError};
+pub use config::{LimiterConfig, LimiterConfigError, ModeOverrides};
 pub use gate::AdaptiveLimiter;

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::{AdaptiveLimiter, LimiterConfig};
-use crate::captain::retry::{AttemptGate, RateMode};
+use crate::captain::retry::{AttemptGate, RateLimitAnswer, RateMode};
 use crate::metrics::Metrics;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,7 +115,13 @@ pub(super) async fn drive(
                         Ok(()) => tally.0 += u64::from(counted),
                         Err(wait) => {
                             tally.1 += u64::from(counted);
-                            limiter.on_rate_limited(RateMode::Async, Some(wait));
+                            limiter.on_rate_limited(
+                                RateMode::Async,
+                                RateLimitAnswer {
+                                    retry_after: Some(wait),
+                                    limit_type: None,
+                                },
+                            );
                         }
                     }
                 }
@@ -152,6 +158,6 @@ pub(super) fn report(api: &str, limit: f64, drive: &Drive, limiter: &AdaptiveLim
         100.0 * drive.achieved / limit,
         100.0 * drive.share_429,
         drive.refused,
-        limiter.current_rate()
+        limiter.current_rate(RateMode::Async)
     );
 }
