@@ -261,7 +261,7 @@ impl AttemptGate for AdaptiveLimiter {
                 rate = paced.adaptation.rate(),
                 wait = ?limited.wait,
                 hold = ?paced.adaptation.hold_until().saturating_duration_since(now),
-                "api rate limited, slowing down"
+                "api rate limited, rate adjusted"
             );
         }
         drop(paced);

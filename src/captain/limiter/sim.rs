@@ -79,6 +79,23 @@ impl FakeApi for TokenBucket {
     }
 }
 
+/// A token bucket whose rate becomes `later` at `at` (the plan changed, or another client
+/// started sharing the key).
+pub(super) struct MovingBucket {
+    pub(super) bucket: TokenBucket,
+    pub(super) at: Duration,
+    pub(super) later: f64,
+}
+
+impl FakeApi for MovingBucket {
+    fn call(&mut self, now: Duration) -> Result<(), Duration> {
+        if now >= self.at {
+            self.bucket.rate = self.later;
+        }
+        self.bucket.call(now)
+    }
+}
+
 /// What 50 always-busy workers achieved through `limiter` against `api` after `learning`.
 pub(super) struct Drive {
     /// Accepted attempts per second after the learning phase.
@@ -94,16 +111,37 @@ pub(super) async fn drive(
     learning: Duration,
     end: Duration,
 ) -> Drive {
+    drive_with_latency(limiter, api, learning, end, Duration::ZERO).await
+}
+
+/// As [`drive`], each request taking a pseudo-random time in `[0, latency]` (seeded, so runs
+/// repeat) to reach the API, as over a network.
+pub(super) async fn drive_with_latency(
+    limiter: Arc<AdaptiveLimiter>,
+    api: impl FakeApi,
+    learning: Duration,
+    end: Duration,
+    latency: Duration,
+) -> Drive {
     let origin = Instant::now();
     let api = Arc::new(Mutex::new(api));
     // (accepted, refused) after the learning phase.
     let tally = Arc::new(Mutex::new((0u64, 0u64)));
-    let workers: Vec<_> = (0..50)
-        .map(|_| {
+    let workers: Vec<_> = (0..50u64)
+        .map(|worker| {
             let (limiter, api, tally) = (limiter.clone(), api.clone(), tally.clone());
             tokio::spawn(async move {
+                // A linear congruential generator per worker: deterministic jitter.
+                let mut seed = worker.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 loop {
                     limiter.before_attempt(RateMode::Async).await;
+                    if !latency.is_zero() {
+                        seed = seed
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407);
+                        let fraction = (seed >> 11) as f64 / (1u64 << 53) as f64;
+                        tokio::time::sleep(latency.mul_f64(fraction)).await;
+                    }
                     let at = Instant::now() - origin;
                     if at >= end {
                         return;
@@ -151,9 +189,8 @@ pub(super) fn twice_too_high(limit: f64) -> LimiterConfig {
 
 pub(super) fn report(api: &str, limit: f64, drive: &Drive, limiter: &AdaptiveLimiter) {
     println!(
-        "{api}, true limit {limit}/s, configured {}/s: achieved {:.2}/s = {:.1} % of L, \
+        "{api}, true limit {limit}/s: achieved {:.2}/s = {:.1} % of L, \
          429 share {:.2} % ({} refused), final rate {:.2}/s",
-        2.0 * limit,
         drive.achieved,
         100.0 * drive.achieved / limit,
         100.0 * drive.share_429,
