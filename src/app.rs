@@ -6,7 +6,7 @@
 //! callbacks, flush the producer.
 
 use crate::callbacks::{self, CallbackState, Readiness};
-use crate::captain::{AdaptiveLimiter, CaptainClient, ClientConfig, RetryPolicy};
+use crate::captain::{AdaptiveLimiter, CaptainClient, ClientConfig, RateMode, RetryPolicy};
 use crate::config::{Settings, RECORD_HEADROOM};
 use crate::domain::Admission;
 use crate::intake::CallbackIntake;
@@ -344,12 +344,15 @@ async fn pause_during_cooldowns(
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let cooling = limiter.cooling_down().is_some_and(|left| left > threshold);
+        // Only the submitting modes' cooldowns hold the launch path up.
+        let cooldown = limiter.cooling_down(&RateMode::SUBMIT);
+        let cooling = cooldown.is_some_and(|(_, left)| left > threshold);
         if cooling != paused {
             paused = cooling;
             paused_gauge.set(i64::from(paused));
             if paused {
-                tracing::warn!(cooldown = ?limiter.cooling_down(), "API cooldown: pausing launch partitions");
+                let (mode, left) = cooldown.unzip();
+                tracing::warn!(mode = mode.map(RateMode::as_str), cooldown = ?left, "API cooldown: pausing launch partitions");
                 pause.pause_all();
             } else {
                 tracing::info!("API cooldown over: resuming launch partitions");

@@ -76,14 +76,15 @@ pub struct Metrics {
     pub launches_in_flight: IntGauge,
     /// 1 while the launch partitions are paused because the API key is cooling down.
     pub launch_paused_for_cooldown: IntGauge,
-    /// Seconds the rate limiter held a key in cooldown after 429s, by key name.
+    /// Seconds the rate limiter held a key's mode in cooldown after 429s, by key name and mode
+    /// (`live`, `async`, `schedule`, `api`: each mode has its own budget).
     pub limiter_cooldown_seconds: CounterVec,
     /// Rate the limiter currently lets through (requests per second), by key name (the
-    /// configured name, never the secret).
+    /// configured name, never the secret) and mode.
     pub limiter_permitted_rate: GaugeVec,
-    /// Attempts waiting in the rate limiter right now, by key name.
+    /// Attempts waiting in the rate limiter right now, by key name and mode.
     pub limiter_waiting: IntGaugeVec,
-    /// Time one attempt waited in the rate limiter (pacing and cooldown), by key name.
+    /// Time one attempt waited in the rate limiter (pacing and cooldown), by key name and mode.
     pub limiter_wait: HistogramVec,
     /// Partitions this instance owns (its share of the run state and of the processing).
     pub owned_partitions: IntGauge,
@@ -189,23 +190,23 @@ impl Metrics {
         let limiter_cooldown_seconds = CounterVec::new(
             Opts::new(
                 "api_rate_limit_cooldown_seconds_total",
-                "Seconds a key spent in cooldown after 429 answers",
+                "Seconds a key's mode spent in cooldown after 429 answers",
             ),
-            &["key"],
+            &["key", "mode"],
         )?;
         let limiter_permitted_rate = GaugeVec::new(
             Opts::new(
                 "api_permitted_requests_per_second",
                 "Requests per second the rate limiter currently lets through",
             ),
-            &["key"],
+            &["key", "mode"],
         )?;
         let limiter_waiting = IntGaugeVec::new(
             Opts::new(
                 "api_requests_waiting",
                 "Attempts waiting in the rate limiter",
             ),
-            &["key"],
+            &["key", "mode"],
         )?;
         let limiter_wait = HistogramVec::new(
             HistogramOpts::new(
@@ -213,7 +214,7 @@ impl Metrics {
                 "Time one attempt waited in the rate limiter",
             )
             .buckets(LIMITER_WAIT_BUCKETS.to_vec()),
-            &["key"],
+            &["key", "mode"],
         )?;
 
         let owned_partitions = IntGauge::new(

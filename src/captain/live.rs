@@ -370,7 +370,7 @@ impl LiveFailure {
 mod tests {
     use super::*;
     use crate::captain::client::ClientConfig;
-    use crate::captain::retry::{AttemptGate, RetryPolicy};
+    use crate::captain::retry::{AttemptGate, RateLimitAnswer, RetryPolicy};
     use crate::captain::scripted::{answer, answer_with, serve, Answer};
     use crate::metrics::Metrics;
     use secrecy::SecretString;
@@ -700,8 +700,11 @@ mod tests {
         async fn before_attempt(&self, mode: RateMode) {
             self.attempts.lock().unwrap().push(mode);
         }
-        fn on_rate_limited(&self, mode: RateMode, retry_after: Option<Duration>) {
-            self.limited.lock().unwrap().push((mode, retry_after));
+        fn on_rate_limited(&self, mode: RateMode, answer: RateLimitAnswer) {
+            self.limited
+                .lock()
+                .unwrap()
+                .push((mode, answer.retry_after));
         }
     }
 
