@@ -14,7 +14,8 @@ use crate::kafka::{self, ClusterAccess, PauseControl, ProducerConfig, RecordProd
 use crate::metrics::Metrics;
 use crate::owner::jobs::{SubmitSettings, Submitter};
 use crate::owner::live::LiveRunner;
-use crate::owner::{OwnerConfig, PartitionOwner};
+use crate::owner::reconcile::Reconciler;
+use crate::owner::{OwnerConfig, PartitionOwner, ReconcileConfig};
 use crate::publish::RecordBuilder;
 use crate::router::{LaunchRouter, RouterConfig};
 use crate::telemetry::ErrorChain;
@@ -108,6 +109,12 @@ impl Application {
             Some(listener) => public_base_url(&settings, listener.local_addr()?),
             None => String::new(),
         };
+        // Control commands use the reconciler's API calls even when reconciling is off.
+        let reconciler = Arc::new(Reconciler::new(
+            client.clone(),
+            limiter.clone(),
+            settings.reconcile.max_rate_share,
+        ));
         let submitter = Arc::new(Submitter {
             client,
             keys: keys.clone(),
@@ -127,6 +134,7 @@ impl Application {
                 bootstrap: k.bootstrap_servers.clone(),
                 group_id: k.group_id.clone(),
                 launch_topic: k.topics.launch_requests.clone(),
+                control_topic: k.topics.control.clone(),
                 commit_interval: settings.processing.commit_interval,
                 max_request_bytes: k.max_record_bytes,
                 admission: Admission {
@@ -169,6 +177,11 @@ impl Application {
             metrics.clone(),
         )
         .context("creating the partition owner")?;
+        let reconcile = match settings.reconcile.enabled {
+            true => Some(reconcile_config(&settings.reconcile)?),
+            false => None,
+        };
+        let owner = owner.with_reconciler(reconcile, reconciler);
         let callback_state = keys.map(|keys| CallbackState {
             keys,
             sink: Arc::new(CallbackIntake {
@@ -552,4 +565,24 @@ fn consumer_properties(settings: &Settings) -> std::collections::BTreeMap<String
     p.entry("statistics.interval.ms".into())
         .or_insert_with(|| k.statistics_interval.as_millis().to_string());
     p
+}
+
+/// The reconciler's settings as the owner uses them.
+fn reconcile_config(r: &crate::config::ReconcileSettings) -> anyhow::Result<ReconcileConfig> {
+    let d = |key: &str, v: Duration| {
+        chrono::Duration::from_std(v).with_context(|| format!("reconcile.{key}: out of range"))
+    };
+    Ok(ReconcileConfig {
+        timers: crate::domain::reconcile::ReconcileTimers {
+            silence_after: d("silence_after", r.silence_after)?,
+            run_deadline: d("run_deadline", r.run_deadline)?,
+            audit_delay: d("audit_delay", r.audit_delay)?,
+            audit_retry: d("audit_retry", r.audit_retry)?,
+            audit_timeout: d("audit_timeout", r.audit_timeout)?,
+        },
+        max_replays: r.max_replays,
+        max_in_flight: r.max_in_flight,
+        schedule_interval: d("schedule_interval", r.schedule_interval)?,
+        tick: r.tick,
+    })
 }

@@ -10,6 +10,7 @@
 //! transaction fails again is dead-lettered with its value cut to fit, or, if even that is
 //! refused, skipped with an error log and a metric, never retried forever.
 
+use crate::domain::control;
 use crate::domain::request::{self, derived_request_id, Mode, RejectedContext};
 use crate::domain::{Admission, Rejection, RunStatus, RunStatusEvent, StatusError, StatusSource};
 use crate::kafka::stats::{CommittedOffsets, LagRecorder};
@@ -39,6 +40,8 @@ pub struct RouterConfig {
     /// The launch topic's consumer group (the deployment's `kafka.group_id`).
     pub group_id: String,
     pub launch_topic: String,
+    /// Operators' commands, forwarded to the owner of their request.
+    pub control_topic: String,
     pub commit_interval: Duration,
     /// Largest request forwarded to the requests topic (its `max.message.bytes`).
     pub max_request_bytes: usize,
@@ -69,6 +72,7 @@ struct RouterCore {
     metrics: Metrics,
     max_request_bytes: usize,
     admission: Admission,
+    control_topic: String,
     /// Next offset to commit per partition (every routed record is done at once).
     positions: HashMap<TopicPartition, i64>,
     advanced: bool,
@@ -94,8 +98,11 @@ impl RouterCore {
         }
     }
 
-    /// The records one launch record becomes.
+    /// The records one launch or control record becomes.
     fn route(&self, record: &InboundRecord) -> Vec<OutRecord> {
+        if record.topic == self.control_topic {
+            return self.route_control(record);
+        }
         let fallback = derived_request_id(&record.topic, record.partition, record.offset);
         let payload = record.payload.as_deref().unwrap_or_default();
         match request::parse_json(payload, &fallback).and_then(|r| self.admission.admit(r)) {
@@ -116,6 +123,32 @@ impl RouterCore {
                 vec![out]
             }
             Err(rejection) => self.reject(record, &rejection, &fallback),
+        }
+    }
+
+    /// A control command goes to its request's owner; a malformed one to the dead-letter
+    /// topic, with the same headers as a rejected launch (there is no run to give a status).
+    fn route_control(&self, record: &InboundRecord) -> Vec<OutRecord> {
+        let payload = record.payload.as_deref().unwrap_or_default();
+        match control::parse_json(payload) {
+            Ok(command) => vec![self.records.control(&command, &Self::origin(record))],
+            Err(rejection) => {
+                let key = record.key.as_deref().map(String::from_utf8_lossy);
+                let request_id = key.map_or_else(
+                    || derived_request_id(&record.topic, record.partition, record.offset),
+                    |k| k.into_owned(),
+                );
+                tracing::warn!(%request_id, class = rejection.class.as_str(), reason = %rejection.message,
+                    partition = record.partition, offset = record.offset, "control command rejected");
+                self.metrics
+                    .reconcile
+                    .control_commands
+                    .with_label_values(&["unreadable", "malformed"])
+                    .inc();
+                vec![self
+                    .records
+                    .dead_letter(&Self::origin(record), &rejection, &request_id)]
+            }
         }
     }
 
@@ -150,6 +183,8 @@ impl RouterCore {
             occurred_at: Utc::now(),
             metadata: ctx.metadata,
             input_errors: None,
+            schedule_status: None,
+            command: None,
         };
         vec![
             self.records
@@ -289,6 +324,7 @@ impl LaunchRouter {
             metrics: metrics.clone(),
             max_request_bytes: config.max_request_bytes,
             admission: config.admission,
+            control_topic: config.control_topic.clone(),
             positions: HashMap::new(),
             advanced: false,
             isolate_below: HashMap::new(),
@@ -317,7 +353,7 @@ impl LaunchRouter {
             })
             .map_err(RouterError::Setup)?;
         consumer
-            .subscribe(&[&config.launch_topic])
+            .subscribe(&[&config.launch_topic, &config.control_topic])
             .map_err(RouterError::Setup)?;
         Ok(Self {
             config,

@@ -4,8 +4,10 @@
 //! publish (`decide` for async and schedule runs, `live` for live requests).
 
 pub mod admission;
+pub mod control;
 pub mod decide;
 pub mod live;
+pub mod reconcile;
 pub mod records;
 pub mod request;
 pub mod status;
@@ -17,8 +19,8 @@ pub use decide::{
 };
 pub use live::{LiveIds, LivePageFacts, LivePlan, LiveStart, LiveState};
 pub use records::{
-    ChunkState, InputError, RunResult, RunResultRef, RunState, RunStatusEvent, RunTrack,
-    StatusError, StatusSource,
+    ChunkState, CommandOutcome, InputError, PendingFinal, RunResult, RunResultRef, RunState,
+    RunStatusEvent, RunTrack, StatusError, StatusSource,
 };
 pub use request::{LaunchRequest, Mode, RejectClass, RejectedContext, Rejection};
 pub use status::{transition, RunStatus, Transition};

@@ -40,6 +40,8 @@ pub fn status_event(request_id: &str) -> RunStatusEvent {
             ("team".into(), "growth".into()),
         ]),
         input_errors: None,
+        schedule_status: None,
+        command: None,
     }
 }
 

@@ -11,8 +11,12 @@
 //! consuming again from the committed offsets.
 
 mod callback;
+mod control;
 mod launch;
 mod live;
+mod reconcile;
+
+pub use reconcile::ReconcileConfig;
 
 use super::jobs::{JobMessage, JobReports, Submitter};
 use crate::domain::request::{derived_request_id, RejectClass};
@@ -24,7 +28,7 @@ use crate::publish::{Origin, RecordBuilder};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,6 +110,15 @@ pub struct Core {
     received: Vec<DateTime<Utc>>,
     stopping: bool,
     committed: Arc<CommittedOffsets>,
+    /// The reconciler, when on; the runs and schedules it is checking.
+    reconcile: Option<ReconcileConfig>,
+    reconciler: Option<Arc<crate::owner::reconcile::Reconciler>>,
+    checking: HashSet<crate::owner::reconcile::RunRef>,
+    schedules_checking: HashSet<(i32, String, u32)>,
+    /// Control commands being executed: (request_id, command_id).
+    commands_running: HashSet<(String, String)>,
+    /// Reconcile jobs started and not yet reported (`reconcile.max_in_flight` bounds it).
+    reconcile_calls: usize,
 }
 
 /// Parts the core is built from.
@@ -149,6 +162,12 @@ impl Core {
             received: Vec::new(),
             stopping: false,
             committed: parts.committed,
+            reconcile: None,
+            reconciler: None,
+            checking: HashSet::new(),
+            schedules_checking: HashSet::new(),
+            reconcile_calls: 0,
+            commands_running: HashSet::new(),
         }
     }
 
@@ -300,6 +319,10 @@ impl Core {
             }
         }
         self.received.clear();
+        // Checks in flight for them report to nobody; the next owner checks again.
+        self.checking.retain(|r| !partitions.contains(&r.partition));
+        self.schedules_checking
+            .retain(|(p, _, _)| !partitions.contains(p));
     }
 
     /// After an aborted transaction: drops everything the transaction held, and restores
@@ -344,6 +367,8 @@ impl Core {
         self.trackers.track(&tp, record.offset);
         if record.topic == self.config.callbacks_topic {
             self.on_callback(record);
+        } else if is_control(&record) {
+            self.on_control(record);
         } else {
             self.on_launch(record);
         }
@@ -547,4 +572,12 @@ fn header(record: &InboundRecord, name: &str) -> Option<String> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A control command forwarded by the router (launches have no kind header, or `launch`).
+fn is_control(record: &InboundRecord) -> bool {
+    record
+        .headers
+        .iter()
+        .any(|(k, v)| k == crate::publish::H_KIND && v == crate::publish::KIND_CONTROL)
 }
