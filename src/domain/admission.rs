@@ -111,20 +111,23 @@ mod tests {
         ..FULL
     };
 
+    /// (what, bridge, mode, inputs, parameters, admitted mode or rejection class)
+    type Case = (
+        &'static str,
+        Admission,
+        &'static str,
+        usize,
+        Value,
+        Result<Mode, RejectClass>,
+    );
+
     #[test]
     fn admission_resolves_auto_and_refuses_what_the_bridge_cannot_serve() {
         use Mode::*;
         use RejectClass::*;
         let none = json!({});
         // (what, bridge, mode, inputs, parameters, admitted mode or rejection class)
-        let cases: [(
-            &str,
-            Admission,
-            &str,
-            usize,
-            Value,
-            Result<Mode, RejectClass>,
-        ); 15] = [
+        let cases: [Case; 15] = [
             ("async as asked", FULL, "async", 50, none.clone(), Ok(Async)),
             (
                 "schedule as asked",

@@ -455,3 +455,51 @@ async fn a_bridge_without_a_callback_listener_serves_live_requests_and_refuses_a
         "nothing submitted async: {stats}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_live_cooldown_pauses_the_launch_partitions_and_every_request_still_succeeds_once() {
+    const REQUESTS: usize = 4;
+    // Burst 2, then one live call per 12.5 s: Retry-After ≈ 13 s, far above the 1 s after
+    // which a cooldown pauses the launch partitions.
+    let sim = live_sim(
+        2,
+        "[rate_limits]\nretry_after_format = \"seconds\"\n[rate_limits.live]\nrps = 0.08\nburst = 2\n",
+    );
+    let stack = Stack::start("live-cooldown", &sim, |s| {
+        s.captain.rate_limit.pause_consumer_after = Duration::from_secs(1);
+        s.captain.max_rate_limit_wait = Duration::from_secs(120);
+    })
+    .await;
+    let requests: Vec<Value> = (0..REQUESTS)
+        .map(|i| live_request(&format!("lcd-{i}"), 1, None))
+        .collect();
+    stack.produce(&requests).await;
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut paused_seen = false;
+    while final_status_count(&status.records, "SUCCEEDED") < REQUESTS {
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {} of {REQUESTS} SUCCEEDED, log {}",
+            final_status_count(&status.records, "SUCCEEDED"),
+            stack.bridge.log_path().display()
+        );
+        status.poll_for(Duration::from_millis(200));
+        let m = stack.metrics().await;
+        paused_seen |= metric(&m, "captain_bridge_launch_paused_for_cooldown") == Some(1.0);
+    }
+    assert!(paused_seen, "a live cooldown paused the launch partitions");
+    status.poll_for(Duration::from_millis(500));
+    for (id, events) in statuses_by_request(&status.records) {
+        let statuses: Vec<&str> = events
+            .iter()
+            .map(|e| e["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, ["RUNNING", "SUCCEEDED"], "{id}: once each");
+    }
+    let (ok, throttled, _) = live_calls(&stack).await;
+    assert_eq!(ok, REQUESTS as u64, "one page each, fetched once");
+    eprintln!(
+        "e2e live cooldown: {REQUESTS} requests, {throttled} answered 429, partitions paused"
+    );
+}
