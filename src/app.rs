@@ -1,16 +1,19 @@
 //! Wiring: builds every part from the settings, binds the listeners (so callers learn the real
-//! ports), runs the launch router, the partition owner, the callback server and the ops
-//! server until the shutdown token is cancelled or one of them fails, then stops them in
-//! order: stop consuming (the owner drains its submissions in flight within the deadline and
-//! commits), stop accepting callbacks, flush the producer.
+//! ports), runs the launch router, the partition owner, the callback server (unless
+//! `callbacks.enabled` is false: a live-only bridge) and the ops server until the shutdown
+//! token is cancelled or one of them fails, then stops them in order: stop consuming (the
+//! owner drains its submissions in flight within the deadline and commits), stop accepting
+//! callbacks, flush the producer.
 
 use crate::callbacks::{self, CallbackState, Readiness};
-use crate::captain::{AdaptiveLimiter, CaptainClient, ClientConfig, RetryPolicy};
+use crate::captain::{AdaptiveLimiter, CaptainClient, ClientConfig, RateMode, RetryPolicy};
 use crate::config::{Settings, RECORD_HEADROOM};
+use crate::domain::Admission;
 use crate::intake::CallbackIntake;
 use crate::kafka::{self, ClusterAccess, PauseControl, ProducerConfig, RecordProducer};
 use crate::metrics::Metrics;
 use crate::owner::jobs::{SubmitSettings, Submitter};
+use crate::owner::live::LiveRunner;
 use crate::owner::reconcile::{CallbacksWatermarks, Reconciler};
 use crate::owner::{OwnerConfig, PartitionOwner, ReconcileConfig};
 use crate::publish::RecordBuilder;
@@ -31,13 +34,14 @@ pub struct Application {
     settings: Settings,
     metrics: Metrics,
     readiness: Readiness,
-    callback_listener: TcpListener,
+    /// `None` without a callback listener (`callbacks.enabled = false`).
+    callback_listener: Option<TcpListener>,
     ops_listener: TcpListener,
     producer: Arc<RecordProducer>,
     router: LaunchRouter,
     owner: PartitionOwner,
     pause: Arc<PauseControl>,
-    callback_state: CallbackState,
+    callback_state: Option<CallbackState>,
     limiter: Arc<AdaptiveLimiter>,
     /// `POST /webhooks/v3`, when v3 is enabled.
     webhooks: Option<crate::workflows::WebhookState>,
@@ -47,17 +51,26 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Metrics::new().context("registering metrics")?;
         let readiness = Readiness::new();
-        let keys = Arc::new(token_keys(&settings)?);
+        let callbacks_on = settings.callbacks.enabled;
+        let keys = match callbacks_on {
+            true => Some(Arc::new(token_keys(&settings)?)),
+            false => None,
+        };
         let header_secret = header_secret(&settings)?;
 
-        let callback_listener = TcpListener::bind(settings.callbacks.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "callbacks.listen: cannot bind {}",
-                    settings.callbacks.listen
-                )
-            })?;
+        let callback_listener = match callbacks_on {
+            true => Some(
+                TcpListener::bind(settings.callbacks.listen)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "callbacks.listen: cannot bind {}",
+                            settings.callbacks.listen
+                        )
+                    })?,
+            ),
+            false => None,
+        };
         let ops_listener = TcpListener::bind(settings.ops.listen)
             .await
             .with_context(|| format!("ops.listen: cannot bind {}", settings.ops.listen))?;
@@ -88,6 +101,16 @@ impl Application {
                 .context("creating the Captain Data client")?
                 .with_gate(limiter.clone()),
         );
+        let live = Arc::new(LiveRunner::new(
+            client.clone(),
+            settings.live.concurrency,
+            settings.live.max_calls_in_flight,
+            metrics.clone(),
+        ));
+        let callback_base = match &callback_listener {
+            Some(listener) => public_base_url(&settings, listener.local_addr()?),
+            None => String::new(),
+        };
         // Control commands use the reconciler's API calls even when reconciling is off.
         let reconciler = Arc::new(Reconciler::new(
             client.clone(),
@@ -99,8 +122,9 @@ impl Application {
         let submitter = Arc::new(Submitter {
             client,
             keys: keys.clone(),
+            live,
             settings: SubmitSettings {
-                public_base_url: public_base_url(&settings, callback_listener.local_addr()?),
+                public_base_url: callback_base,
                 header_secret: header_secret
                     .as_ref()
                     .map(|(name, secret)| (name.to_string(), secret.clone())),
@@ -119,6 +143,11 @@ impl Application {
                 control_topic: k.topics.control.clone(),
                 commit_interval: settings.processing.commit_interval,
                 max_request_bytes: k.max_record_bytes,
+                admission: Admission {
+                    callbacks: callbacks_on,
+                    live_max_inputs: settings.live.max_inputs,
+                    auto_max_inputs: settings.live.auto_max_inputs,
+                },
                 producer: producer_config.clone(),
                 transactional_id: format!("{}-router-{instance}", k.group_id),
                 transaction_timeout: k.transaction_timeout,
@@ -159,22 +188,25 @@ impl Application {
             false => None,
         };
         let owner = owner.with_reconciler(reconcile, reconciler);
-        let webhooks = v3
-            .map(|(_, metrics)| {
-                crate::workflows::wiring::webhook_state(
-                    &settings,
-                    keys.clone(),
-                    CallbackIntake {
-                        records: records.clone(),
-                        producer: producer.clone(),
-                        ack_timeout: settings.callbacks.ack_timeout,
-                        retry_after: settings.callbacks.retry_after,
-                    },
-                    metrics,
-                )
-            })
-            .transpose()?;
-        let callback_state = CallbackState {
+        let webhooks = match (v3, &keys) {
+            (Some((_, metrics)), Some(keys)) => Some(crate::workflows::wiring::webhook_state(
+                &settings,
+                keys.clone(),
+                CallbackIntake {
+                    records: records.clone(),
+                    producer: producer.clone(),
+                    ack_timeout: settings.callbacks.ack_timeout,
+                    retry_after: settings.callbacks.retry_after,
+                },
+                metrics,
+            )?),
+            (Some(_), None) => anyhow::bail!(
+                "v3.enabled: workflow webhooks are served on the callback listener; \
+                 set callbacks.enabled = true"
+            ),
+            (None, _) => None,
+        };
+        let callback_state = keys.map(|keys| CallbackState {
             keys,
             sink: Arc::new(CallbackIntake {
                 records,
@@ -186,7 +218,7 @@ impl Application {
             max_results: settings.callbacks.max_results,
             header_secret,
             metrics: metrics.clone(),
-        };
+        });
         if settings.callbacks.submit_wait.is_some() {
             tracing::warn!("callbacks.submit_wait is ignored: callbacks now wait in their partition's owner for the submission answer");
         }
@@ -206,9 +238,12 @@ impl Application {
         })
     }
 
-    /// The bound callback address (useful with port 0).
-    pub fn callback_addr(&self) -> std::io::Result<SocketAddr> {
-        self.callback_listener.local_addr()
+    /// The bound callback address (useful with port 0); `None` without a callback listener.
+    pub fn callback_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.callback_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
     }
 
     /// The bound `/metrics` `/healthz` `/readyz` address.
@@ -240,14 +275,24 @@ impl Application {
             ops_stop.clone().cancelled_owned(),
         ));
         let callbacks_stop = CancellationToken::new();
-        let mut callback_server = tokio::spawn(callbacks::serve(
-            callback_listener,
-            crate::workflows::wiring::with_webhooks(
-                callbacks::callback_router(callback_state),
-                webhooks,
-            ),
-            callbacks_stop.clone().cancelled_owned(),
-        ));
+        let mut callback_server = match (callback_listener, callback_state) {
+            (Some(listener), Some(state)) => tokio::spawn(callbacks::serve(
+                listener,
+                crate::workflows::wiring::with_webhooks(
+                    callbacks::callback_router(state),
+                    webhooks,
+                ),
+                callbacks_stop.clone().cancelled_owned(),
+            )),
+            // A live-only bridge: a server that stops when told, serving nothing meanwhile.
+            _ => tokio::spawn({
+                let stop = callbacks_stop.clone();
+                async move {
+                    stop.cancelled().await;
+                    Ok::<(), std::io::Error>(())
+                }
+            }),
+        };
         let consume_stop = CancellationToken::new();
         tokio::spawn(pause_during_cooldowns(
             limiter,
@@ -260,7 +305,7 @@ impl Application {
         let mut owning = tokio::spawn(owner.run(consume_stop.clone()));
         readiness.set_ready(true);
         tracing::info!(
-            callbacks = %settings.callbacks.listen,
+            callbacks = %if settings.callbacks.enabled { settings.callbacks.listen.to_string() } else { "off".into() },
             ops = %settings.ops.listen,
             topic = %settings.kafka.topics.launch_requests,
             "captain-bridge running"
@@ -341,12 +386,15 @@ async fn pause_during_cooldowns(
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let cooling = limiter.cooling_down().is_some_and(|left| left > threshold);
+        // Only the submitting modes' cooldowns hold the launch path up.
+        let cooldown = limiter.cooling_down(&RateMode::SUBMIT);
+        let cooling = cooldown.is_some_and(|(_, left)| left > threshold);
         if cooling != paused {
             paused = cooling;
             paused_gauge.set(i64::from(paused));
             if paused {
-                tracing::warn!(cooldown = ?limiter.cooling_down(), "API cooldown: pausing launch partitions");
+                let (mode, left) = cooldown.unzip();
+                tracing::warn!(mode = mode.map(RateMode::as_str), cooldown = ?left, "API cooldown: pausing launch partitions");
                 pause.pause_all();
             } else {
                 tracing::info!("API cooldown over: resuming launch partitions");

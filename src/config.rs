@@ -51,6 +51,7 @@ pub struct Settings {
     pub callbacks: CallbackSettings,
     pub ops: OpsSettings,
     pub launch: LaunchSettings,
+    pub live: LiveSettings,
     pub processing: ProcessingSettings,
     pub reconcile: ReconcileSettings,
     pub shutdown: ShutdownSettings,
@@ -196,6 +197,10 @@ impl Default for CaptainSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CallbackSettings {
+    /// Whether the callback endpoint runs. Off: no listener, no callback keys needed, and only
+    /// live requests are served (async and schedule requests are rejected `mode_unavailable`):
+    /// for a bridge that cannot receive inbound HTTP.
+    pub enabled: bool,
     /// Where the callback endpoint listens.
     pub listen: SocketAddr,
     /// How Captain Data reaches this endpoint (behind the load balancer), without `/callbacks`.
@@ -241,6 +246,7 @@ pub struct CallbackSettings {
 impl Default for CallbackSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             public_base_url: None,
             signing_key_id: "k1".into(),
@@ -285,6 +291,37 @@ impl Default for LaunchSettings {
         Self { max_in_flight: 64 }
     }
 }
+
+/// `[live]`: live requests (one `run/live` call per input and page, results in the answers).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveSettings {
+    /// Most inputs of one live request; larger ones are rejected (`too_many_inputs`). Each
+    /// input's progress is part of the request's run state, so this bounds that record too.
+    pub max_inputs: usize,
+    /// Inputs of one live request paged at once (each one page at a time).
+    pub concurrency: usize,
+    /// Live calls in flight on this instance, every live request together.
+    pub max_calls_in_flight: usize,
+    /// `mode: "auto"` runs live at or under this many inputs, async above (live whatever
+    /// the count when `callbacks.enabled` is false).
+    pub auto_max_inputs: usize,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        Self {
+            max_inputs: 100,
+            concurrency: 4,
+            max_calls_in_flight: 32,
+            auto_max_inputs: 10,
+        }
+    }
+}
+
+/// Largest `live.max_inputs`: a live request's run state keeps a few hundred bytes per input
+/// (its next-page cursor among them) in one record of the run-state topic.
+pub const LIVE_MAX_INPUTS: usize = 10_000;
 
 /// `[processing]`: the partition owners (and the launch router).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -678,6 +715,28 @@ impl Settings {
             return Err(invalid("launch.max_in_flight", "must be at least 1"));
         }
         self.v3.validate().map_err(|e| invalid(&e.key, e.message))?;
+        let live = &self.live;
+        if !(1..=LIVE_MAX_INPUTS).contains(&live.max_inputs) {
+            return Err(invalid(
+                "live.max_inputs",
+                format!("must be within 1..={LIVE_MAX_INPUTS}"),
+            ));
+        }
+        if live.concurrency == 0 {
+            return Err(invalid("live.concurrency", "must be at least 1"));
+        }
+        if live.max_calls_in_flight == 0 {
+            return Err(invalid("live.max_calls_in_flight", "must be at least 1"));
+        }
+        if live.auto_max_inputs > live.max_inputs {
+            return Err(invalid(
+                "live.auto_max_inputs",
+                format!(
+                    "must be at most live.max_inputs ({}): auto would send larger requests live",
+                    live.max_inputs
+                ),
+            ));
+        }
         if !matches!(self.log.format.as_str(), "json" | "text") {
             return Err(invalid("log.format", "must be \"json\" or \"text\""));
         }
@@ -692,7 +751,7 @@ impl Settings {
                 format!("no API key: set {ENV_API_KEY} or captain.api_key_file"),
             ));
         }
-        if self.secrets.callback_keys.is_none() {
+        if self.callbacks.enabled && self.secrets.callback_keys.is_none() {
             return Err(invalid(
                 "callbacks.keys",
                 format!("no callback signing keys: set {ENV_CALLBACK_KEYS} (kid:base64secret,...) or callbacks.keys_file"),
@@ -931,6 +990,37 @@ mod tests {
             readme.contains(&block),
             "README.md's Configuration block must equal deploy/captain-bridge.example.toml"
         );
+    }
+
+    #[test]
+    fn a_bridge_without_callback_listener_needs_no_callback_keys() {
+        let off = file("[callbacks]\nenabled = false\n", "toml");
+        let only_api_key = env(&[(ENV_API_KEY, "key")]);
+        let s = Settings::load_from(Some(off.path()), only_api_key.clone()).unwrap();
+        assert!(!s.callbacks.enabled);
+        let err = Settings::load_from(None, only_api_key).unwrap_err();
+        assert!(err.to_string().starts_with("callbacks.keys:"), "{err}");
+    }
+
+    #[test]
+    fn live_settings_out_of_range_name_their_key() {
+        for (text, key) in [
+            ("[live]\nmax_inputs = 0\n", "live.max_inputs:"),
+            ("[live]\nmax_inputs = 10001\n", "live.max_inputs:"),
+            ("[live]\nconcurrency = 0\n", "live.concurrency:"),
+            (
+                "[live]\nmax_calls_in_flight = 0\n",
+                "live.max_calls_in_flight:",
+            ),
+            (
+                "[live]\nmax_inputs = 5\nauto_max_inputs = 6\n",
+                "live.auto_max_inputs:",
+            ),
+        ] {
+            let f = file(text, "toml");
+            let err = Settings::load_from(Some(f.path()), with_secrets()).unwrap_err();
+            assert!(err.to_string().starts_with(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -92,7 +92,8 @@ pub async fn run<W: Write>(out: &mut W) -> anyhow::Result<DemoSummary> {
     writeln!(
         out,
         "captain-bridge (in process): callbacks on {}, /metrics on {}",
-        app.callback_addr()?,
+        app.callback_addr()?
+            .map_or_else(|| "nothing".to_owned(), |a| a.to_string()),
         app.ops_addr()?
     )?;
     let stop = CancellationToken::new();

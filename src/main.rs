@@ -98,10 +98,13 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         // One line on stdout once bound (logs go to stderr): how scripts and tests learn the
         // ports when they ask for port 0.
         // A closed stdout must not stop the bridge: the line is a courtesy.
+        let callbacks = match app.callback_addr()? {
+            Some(addr) => format!("http://{addr}"),
+            None => "off".to_owned(),
+        };
         let _ = writeln!(
             std::io::stdout(),
-            "captain-bridge listening: callbacks http://{} ops http://{}",
-            app.callback_addr()?,
+            "captain-bridge listening: callbacks {callbacks} ops http://{}",
             app.ops_addr()?
         );
         app.run_until_stopped(stop).await

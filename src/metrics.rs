@@ -36,6 +36,8 @@ const CALLBACK_OUTCOMES: &[&str] = &[
     "too_large",
     "unavailable",
 ];
+/// `outcome` values of `live_inputs_total`.
+const LIVE_INPUT_OUTCOMES: &[&str] = &["succeeded", "failed"];
 /// `topic` values (topic roles) of `records_produced_total` and `produce_errors_total`.
 const TOPIC_ROLES: &[&str] = &[
     "status",
@@ -77,14 +79,15 @@ pub struct Metrics {
     pub launches_in_flight: IntGauge,
     /// 1 while the launch partitions are paused because the API key is cooling down.
     pub launch_paused_for_cooldown: IntGauge,
-    /// Seconds the rate limiter held a key in cooldown after 429s, by key name.
+    /// Seconds the rate limiter held a key's mode in cooldown after 429s, by key name and mode
+    /// (`live`, `async`, `schedule`, `api`: each mode has its own budget).
     pub limiter_cooldown_seconds: CounterVec,
     /// Rate the limiter currently lets through (requests per second), by key name (the
-    /// configured name, never the secret).
+    /// configured name, never the secret) and mode.
     pub limiter_permitted_rate: GaugeVec,
-    /// Attempts waiting in the rate limiter right now, by key name.
+    /// Attempts waiting in the rate limiter right now, by key name and mode.
     pub limiter_waiting: IntGaugeVec,
-    /// Time one attempt waited in the rate limiter (pacing and cooldown), by key name.
+    /// Time one attempt waited in the rate limiter (pacing and cooldown), by key name and mode.
     pub limiter_wait: HistogramVec,
     /// Partitions this instance owns (its share of the run state and of the processing).
     pub owned_partitions: IntGauge,
@@ -130,6 +133,12 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// The reconciler's and the control topic's metrics.
     pub reconcile: ReconcileMetrics,
+    /// Live pages whose results were published.
+    pub live_pages: IntCounter,
+    /// Inputs of live requests that ended, by outcome (`succeeded`, `failed`).
+    pub live_inputs: IntCounterVec,
+    /// Live calls in flight (every live request of the instance together).
+    pub live_calls_in_flight: IntGauge,
 }
 
 /// What the reconciler does to close runs, and what control commands did.
@@ -283,23 +292,23 @@ impl Metrics {
         let limiter_cooldown_seconds = CounterVec::new(
             Opts::new(
                 "api_rate_limit_cooldown_seconds_total",
-                "Seconds a key spent in cooldown after 429 answers",
+                "Seconds a key's mode spent in cooldown after 429 answers",
             ),
-            &["key"],
+            &["key", "mode"],
         )?;
         let limiter_permitted_rate = GaugeVec::new(
             Opts::new(
                 "api_permitted_requests_per_second",
                 "Requests per second the rate limiter currently lets through",
             ),
-            &["key"],
+            &["key", "mode"],
         )?;
         let limiter_waiting = IntGaugeVec::new(
             Opts::new(
                 "api_requests_waiting",
                 "Attempts waiting in the rate limiter",
             ),
-            &["key"],
+            &["key", "mode"],
         )?;
         let limiter_wait = HistogramVec::new(
             HistogramOpts::new(
@@ -307,7 +316,7 @@ impl Metrics {
                 "Time one attempt waited in the rate limiter",
             )
             .buckets(LIMITER_WAIT_BUCKETS.to_vec()),
-            &["key"],
+            &["key", "mode"],
         )?;
 
         let owned_partitions = IntGauge::new(
@@ -439,6 +448,22 @@ impl Metrics {
             ),
             &["topic"],
         )?;
+        let live_pages = IntCounter::new(
+            "live_pages_total",
+            "Live pages whose results were published",
+        )?;
+        let live_inputs = IntCounterVec::new(
+            Opts::new(
+                "live_inputs_total",
+                "Inputs of live requests that ended, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let live_calls_in_flight =
+            IntGauge::new("live_calls_in_flight", "Live API calls in flight")?;
+        registry.register(Box::new(live_pages.clone()))?;
+        registry.register(Box::new(live_inputs.clone()))?;
+        registry.register(Box::new(live_calls_in_flight.clone()))?;
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
         let reconcile = ReconcileMetrics::register(&registry)?;
@@ -466,6 +491,9 @@ impl Metrics {
         }
         for outcome in CALLBACK_OUTCOMES {
             callbacks.with_label_values(&[outcome]);
+        }
+        for outcome in LIVE_INPUT_OUTCOMES {
+            live_inputs.with_label_values(&[outcome]);
         }
         for role in TOPIC_ROLES {
             records_produced.with_label_values(&[role]);
@@ -507,6 +535,9 @@ impl Metrics {
             registry_request_failures,
             ready,
             consumer_lag,
+            live_pages,
+            live_inputs,
+            live_calls_in_flight,
             reconcile,
         })
     }

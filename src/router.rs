@@ -12,7 +12,7 @@
 
 use crate::domain::control;
 use crate::domain::request::{self, derived_request_id, Mode, RejectedContext};
-use crate::domain::{Rejection, RunStatus, RunStatusEvent, StatusError, StatusSource};
+use crate::domain::{Admission, Rejection, RunStatus, RunStatusEvent, StatusError, StatusSource};
 use crate::kafka::stats::{CommittedOffsets, LagRecorder};
 use crate::kafka::{
     InboundRecord, OutRecord, ProducerConfig, TopicPartition, TxnError, TxnProducer,
@@ -45,6 +45,8 @@ pub struct RouterConfig {
     pub commit_interval: Duration,
     /// Largest request forwarded to the requests topic (its `max.message.bytes`).
     pub max_request_bytes: usize,
+    /// What the bridge serves: `auto` resolved, live limits, modes needing callbacks.
+    pub admission: Admission,
     pub producer: ProducerConfig,
     pub transactional_id: String,
     pub transaction_timeout: Duration,
@@ -69,6 +71,7 @@ struct RouterCore {
     records: RecordBuilder,
     metrics: Metrics,
     max_request_bytes: usize,
+    admission: Admission,
     control_topic: String,
     /// Next offset to commit per partition (every routed record is done at once).
     positions: HashMap<TopicPartition, i64>,
@@ -106,7 +109,7 @@ impl RouterCore {
         }
         let fallback = derived_request_id(&record.topic, record.partition, record.offset);
         let payload = record.payload.as_deref().unwrap_or_default();
-        match request::parse_json(payload, &fallback) {
+        match request::parse_json(payload, &fallback).and_then(|r| self.admission.admit(r)) {
             Ok(request) => {
                 let out = self.records.launch(&request, &Self::origin(record));
                 let size = out.payload.as_ref().map_or(0, Vec::len);
@@ -169,7 +172,7 @@ impl RouterCore {
             schedule_uid: None,
             chunk: 0,
             action: ctx.action.unwrap_or_default(),
-            mode: Mode::Async,
+            mode: ctx.mode.unwrap_or(Mode::Async),
             status: RunStatus::Rejected,
             previous_status: None,
             error: Some(StatusError {
@@ -182,6 +185,7 @@ impl RouterCore {
             occurred_at: Utc::now(),
             metadata: ctx.metadata,
             provider_status: None,
+            input_errors: None,
             schedule_status: None,
             command: None,
         };
@@ -346,6 +350,7 @@ impl LaunchRouter {
             records,
             metrics: metrics.clone(),
             max_request_bytes: config.max_request_bytes,
+            admission: config.admission,
             control_topic: config.control_topic.clone(),
             positions: HashMap::new(),
             advanced: false,

@@ -6,7 +6,7 @@
 use super::contract::{ContractSchema, RecordKind};
 use crate::domain::request::{reject, RejectClass};
 use crate::domain::strict_json::{self, StrictJsonError};
-use crate::domain::{Rejection, RunResult, RunStatusEvent, StatusError};
+use crate::domain::{InputError, Rejection, RunResult, RunStatusEvent, StatusError};
 use apache_avro::types::Value;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value as Json;
@@ -105,24 +105,23 @@ pub(crate) fn status_value(
     e: &RunStatusEvent,
     symbols: &StatusSymbols,
 ) -> Result<Value, ValueError> {
-    let error = e.error.as_ref().map(
-        |StatusError {
-             label,
-             scope,
-             message,
-             http_status,
-         }| {
-            Value::Record(vec![
-                ("label".into(), optional(label.as_deref().map(string))),
-                ("scope".into(), optional(scope.as_deref().map(string))),
-                ("message".into(), string(message)),
-                (
-                    "http_status".into(),
-                    optional(http_status.map(|s| Value::Int(i32::from(s)))),
-                ),
-            ])
-        },
-    );
+    let error = e.error.as_ref().map(status_error);
+    let input_errors = e
+        .input_errors
+        .as_ref()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|InputError { index, error }| {
+                    Ok(Value::Record(vec![
+                        ("index".into(), int("input_errors.index", *index)?),
+                        ("error".into(), status_error(error)),
+                    ]))
+                })
+                .collect::<Result<Vec<_>, ValueError>>()
+                .map(Value::Array)
+        })
+        .transpose()?;
     Ok(Value::Record(vec![
         ("request_id".into(), string(&e.request_id)),
         ("run_uid".into(), optional(e.run_uid.as_deref().map(string))),
@@ -146,6 +145,7 @@ pub(crate) fn status_value(
         ("source".into(), symbols.source.value(e.source.as_str())?),
         ("occurred_at".into(), timestamp(&e.occurred_at)),
         ("metadata".into(), string_map(&e.metadata)),
+        ("input_errors".into(), optional(input_errors)),
         (
             "schedule_status".into(),
             optional(e.schedule_status.as_deref().map(string)),
@@ -167,6 +167,25 @@ pub(crate) fn status_value(
             optional(e.provider_status.as_deref().map(string)),
         ),
     ]))
+}
+
+fn status_error(
+    StatusError {
+        label,
+        scope,
+        message,
+        http_status,
+    }: &StatusError,
+) -> Value {
+    Value::Record(vec![
+        ("label".into(), optional(label.as_deref().map(string))),
+        ("scope".into(), optional(scope.as_deref().map(string))),
+        ("message".into(), string(message)),
+        (
+            "http_status".into(),
+            optional(http_status.map(|s| Value::Int(i32::from(s)))),
+        ),
+    ])
 }
 
 /// A `RunResult` as a value of `RunResult.avsc`; `input`, `custom_data` and `result` become
@@ -317,6 +336,7 @@ mod tests {
             occurred_at: "2026-11-29T06:02:32.123456789Z".parse().unwrap(),
             metadata: BTreeMap::from([("crm".into(), "42".into())]),
             provider_status: Some("finished".into()),
+            input_errors: None,
             schedule_status: None,
             command: Some(crate::domain::CommandOutcome {
                 command_id: "c-1".into(),
@@ -377,6 +397,22 @@ mod tests {
                 provider_status: None,
                 ..sample_event()
             },
+            RunStatusEvent {
+                run_uid: None,
+                status: RunStatus::PartialSucceeded,
+                source: StatusSource::Live,
+                mode: Mode::Live,
+                input_errors: Some(vec![InputError {
+                    index: 1,
+                    error: StatusError {
+                        label: Some("NO_RESULT".into()),
+                        scope: Some("integ".into()),
+                        message: "nothing".into(),
+                        http_status: Some(424),
+                    },
+                }]),
+                ..sample_event()
+            },
         ] {
             let value = status_value(&event, &symbols).unwrap();
             assert_eq!(
@@ -413,6 +449,7 @@ mod tests {
             StatusSource::Callback,
             StatusSource::Poll,
             StatusSource::Bridge,
+            StatusSource::Live,
         ] {
             let event = RunStatusEvent {
                 source,

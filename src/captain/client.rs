@@ -391,7 +391,7 @@ fn read_success<T>(
         },
         Verdict::Permanent(e) => Verdict::Permanent(e),
         Verdict::Transient(e) => Verdict::Transient(e),
-        Verdict::RateLimited { retry_after, error } => Verdict::RateLimited { retry_after, error },
+        Verdict::RateLimited { answer, error } => Verdict::RateLimited { answer, error },
     }
 }
 
@@ -439,7 +439,8 @@ pub(super) fn identifier<'a>(what: &str, value: &'a str) -> Result<&'a str, Subm
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::captain::scripted::{answer, answer_with, serve};
+    use crate::captain::retry::RateLimitAnswer;
+    use crate::captain::scripted::{answer, answer_with, serve, Answer};
     use crate::captain::wire::{ApiError, CallbackTarget};
     use serde_json::{json, Value};
     use std::sync::Mutex;
@@ -834,7 +835,7 @@ mod tests {
     #[derive(Default)]
     struct CountingGate {
         attempts: Mutex<Vec<RateMode>>,
-        limited: Mutex<Vec<Option<Duration>>>,
+        limited: Mutex<Vec<(RateMode, RateLimitAnswer)>>,
     }
 
     #[async_trait::async_trait]
@@ -842,8 +843,8 @@ mod tests {
         async fn before_attempt(&self, mode: RateMode) {
             self.attempts.lock().unwrap().push(mode);
         }
-        fn on_rate_limited(&self, _mode: RateMode, retry_after: Option<Duration>) {
-            self.limited.lock().unwrap().push(retry_after);
+        fn on_rate_limited(&self, mode: RateMode, answer: RateLimitAnswer) {
+            self.limited.lock().unwrap().push((mode, answer));
         }
     }
 
@@ -867,7 +868,54 @@ mod tests {
         assert_eq!(*gate.attempts.lock().unwrap(), [RateMode::Async; 3]);
         assert_eq!(
             *gate.limited.lock().unwrap(),
-            [Some(Duration::from_secs(1))]
+            [(
+                RateMode::Async,
+                RateLimitAnswer {
+                    retry_after: Some(Duration::from_secs(1)),
+                    limit_type: None,
+                }
+            )]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_tells_the_gate_which_limit_it_hit_when_x_ratelimit_type_names_one() {
+        let limited = |kind: &str| Answer {
+            status: 429,
+            headers: vec![
+                ("retry-after", "1".into()),
+                ("x-ratelimit-type", kind.into()),
+            ],
+            body: String::new(),
+        };
+        let (base, _script) = serve(vec![
+            limited("Schedule"),
+            limited("daily"),
+            answer(200, accepted()),
+        ])
+        .await;
+        let gate = Arc::new(CountingGate::default());
+        let (client, _) = client(&base);
+        let client = client.with_gate(gate.clone());
+
+        client
+            .submit_async("linkedin-extract-people", &body())
+            .await
+            .unwrap();
+
+        let limit_types: Vec<_> = gate
+            .limited
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(mode, answer)| (*mode, answer.limit_type))
+            .collect();
+        assert_eq!(
+            limit_types,
+            [
+                (RateMode::Async, Some(RateMode::Schedule)),
+                (RateMode::Async, None)
+            ]
         );
     }
 

@@ -1,13 +1,13 @@
 //! The client's errors and the one place that classifies an HTTP exchange: success, permanent
 //! refusal, transient failure worth retrying, or rate limiting worth waiting for.
 
-use super::retry::rate_limit_wait;
+use super::retry::RateLimitAnswer;
 use super::wire::ApiError;
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use std::error::Error as StdError;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Longest piece of a non-JSON error body kept in an error message.
 const MAX_BODY_EXCERPT: usize = 512;
@@ -97,9 +97,9 @@ pub(crate) enum Verdict<T> {
     Success(T),
     Permanent(SubmitError),
     Transient(AttemptError),
-    /// 429, with how long the API asked us to wait (if it said).
+    /// 429, with what the API said: how long to wait, which limit was hit.
     RateLimited {
-        retry_after: Option<Duration>,
+        answer: RateLimitAnswer,
         error: AttemptError,
     },
 }
@@ -137,7 +137,7 @@ pub(crate) fn classify_response(
     let body = body.unwrap_or_default();
     match code {
         429 => Verdict::RateLimited {
-            retry_after: rate_limit_wait(headers, now),
+            answer: RateLimitAnswer::from_headers(headers, now),
             error: AttemptError::RateLimited {
                 message: api_error_from_body(code, &body).message,
             },

@@ -73,6 +73,11 @@ impl NextPage {
         Ok(Some(Self { query }))
     }
 
+    /// A next page recorded earlier (its [`NextPage::query`]), to resume a paging from.
+    pub fn from_query(query: Vec<(String, String)>) -> Self {
+        Self { query }
+    }
+
     /// The page number the link names, if any.
     pub fn page(&self) -> Option<u64> {
         self.value("page").and_then(|p| p.parse().ok())
@@ -127,16 +132,32 @@ impl CaptainClient {
         body: &LiveRunBody,
         max_results: Option<u64>,
     ) -> Result<LivePager, SubmitError> {
+        self.live_pager_from(action, body, max_results, LiveResume::default())
+    }
+
+    /// A [`LivePager`] that goes on where an earlier paging of the same input stopped: after
+    /// `resume.pages` pages and `resume.results` results (which count toward `max_results`),
+    /// at the page `resume.next` names.
+    pub fn live_pager_from(
+        &self,
+        action: &str,
+        body: &LiveRunBody,
+        max_results: Option<u64>,
+        resume: LiveResume,
+    ) -> Result<LivePager, SubmitError> {
+        let started = resume.pages > 0;
         Ok(LivePager {
             client: self.clone(),
             action: action_slug(action)?.to_owned(),
             body: json_body(body)?,
             max_results,
-            next: None,
-            fetched: 0,
-            pages: 0,
+            fetched: resume.results,
+            pages: resume.pages,
             truncated: false,
-            done: max_results == Some(0),
+            // A started paging without a next page has nothing left to fetch.
+            done: max_results.is_some_and(|max| resume.results >= max)
+                || (started && resume.next.is_none()),
+            next: resume.next,
         })
     }
 
@@ -188,6 +209,14 @@ fn read_live_page(
         next: NextPage::from_headers(http_status, headers)?,
         http_status,
     })
+}
+
+/// Where a paging resumes: pages and results already handed over, and the next page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveResume {
+    pub pages: u32,
+    pub results: u64,
+    pub next: Option<NextPage>,
 }
 
 /// Every page of one live input, in order, one call at a time: each page is handed over before
@@ -260,6 +289,12 @@ impl LivePager {
             self.next.clone_from(&page.next);
         }
         Some(Ok(page))
+    }
+
+    /// Whether the paging ended: the last page was handed over (or an error, or there was
+    /// nothing to fetch). Read after a page to know whether it was the last.
+    pub fn finished(&self) -> bool {
+        self.done
     }
 
     /// Pages handed over so far.
@@ -335,7 +370,7 @@ impl LiveFailure {
 mod tests {
     use super::*;
     use crate::captain::client::ClientConfig;
-    use crate::captain::retry::{AttemptGate, RetryPolicy};
+    use crate::captain::retry::{AttemptGate, RateLimitAnswer, RetryPolicy};
     use crate::captain::scripted::{answer, answer_with, serve, Answer};
     use crate::metrics::Metrics;
     use secrecy::SecretString;
@@ -465,6 +500,63 @@ mod tests {
         assert!(pager.next_page().await.is_none());
         assert_eq!((pager.results_fetched(), pager.truncated()), (15, true));
         assert_eq!(script.seen_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_resumed_pager_starts_at_the_recorded_next_page_and_counts_earlier_results() {
+        let (base, script) = serve(vec![
+            page(10, 10, Some("http://x/v4?page=3")),
+            page(20, 10, Some("http://x/v4?page=4")),
+        ])
+        .await;
+        let resume = LiveResume {
+            pages: 1,
+            results: 10,
+            next: Some(NextPage::from_query(vec![("page".into(), "2".into())])),
+        };
+        let mut pager = client(&base)
+            .live_pager_from(SEARCH, &body(), Some(25), resume)
+            .unwrap();
+
+        let second = pager.next_page().await.unwrap().unwrap();
+        assert!(!pager.finished());
+        let third = pager.next_page().await.unwrap().unwrap();
+
+        assert_eq!(numbers(&second.results), (10..20).collect::<Vec<u64>>());
+        assert_eq!(
+            numbers(&third.results),
+            (20..25).collect::<Vec<u64>>(),
+            "cut at 25 in all"
+        );
+        assert!(pager.finished());
+        assert_eq!((pager.pages_fetched(), pager.results_fetched()), (3, 25));
+        let seen = script.seen.lock().unwrap();
+        assert!(seen[0].uri.ends_with("?page=2") && seen[1].uri.ends_with("?page=3"));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_pager_with_nothing_left_makes_no_call() {
+        let (base, script) = serve(vec![page(0, 10, None)]).await;
+        for resume in [
+            LiveResume {
+                pages: 2,
+                results: 20,
+                next: None,
+            },
+            LiveResume {
+                pages: 1,
+                results: 10,
+                next: Some(NextPage::from_query(vec![("page".into(), "2".into())])),
+            },
+        ] {
+            let max = (resume.next.is_some()).then_some(10);
+            let mut pager = client(&base)
+                .live_pager_from(SEARCH, &body(), max, resume)
+                .unwrap();
+            assert!(pager.finished());
+            assert!(pager.next_page().await.is_none());
+        }
+        assert_eq!(script.seen_count(), 0);
     }
 
     #[tokio::test]
@@ -608,8 +700,11 @@ mod tests {
         async fn before_attempt(&self, mode: RateMode) {
             self.attempts.lock().unwrap().push(mode);
         }
-        fn on_rate_limited(&self, mode: RateMode, retry_after: Option<Duration>) {
-            self.limited.lock().unwrap().push((mode, retry_after));
+        fn on_rate_limited(&self, mode: RateMode, answer: RateLimitAnswer) {
+            self.limited
+                .lock()
+                .unwrap()
+                .push((mode, answer.retry_after));
         }
     }
 

@@ -19,9 +19,11 @@ pub use client::{
     CaptainClient, ClientBuildError, ClientConfig, ScheduleCommand, CALLBACKS_PAGE_SIZE,
 };
 pub use error::{AttemptError, SubmitError};
-pub use limiter::{AdaptiveLimiter, LimiterConfig, LimiterConfigError};
-pub use live::{LiveFailure, LivePage, LivePager, LiveResults, NextPage, MAX_LIVE_PAGES};
-pub use retry::{rate_limit_wait, AttemptGate, RateMode, RetryPolicy};
+pub use limiter::{AdaptiveLimiter, LimiterConfig, LimiterConfigError, ModeOverrides};
+pub use live::{
+    LiveFailure, LivePage, LivePager, LiveResults, LiveResume, NextPage, MAX_LIVE_PAGES,
+};
+pub use retry::{rate_limit_wait, AttemptGate, RateLimitAnswer, RateMode, RetryPolicy};
 pub use wire::{
     AcceptedStatus, ApiError, AsyncRunAccepted, AsyncRunBody, CallbackDeliveryStatus,
     CallbackRecord, CallbackTarget, ExecutionMode, LiveRunBody, Run, RunCallback, RunLastError,

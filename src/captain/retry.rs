@@ -57,10 +57,10 @@ impl RetryPolicy {
     }
 }
 
-/// Which rate-limit bucket a call belongs to.
+/// Which rate-limit budget a call draws on: the API limits each of these separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateMode {
-    /// `POST /actions/{action}/run/live`.
+    /// `POST /actions/{action}/run/live`: the plan tier's requests per second.
     Live,
     /// `POST /actions/{action}/run/async`.
     Async,
@@ -71,13 +71,53 @@ pub enum RateMode {
 }
 
 impl RateMode {
-    /// The mode's name in logs (`async`, `schedule`, `api`).
+    /// Every mode.
+    pub const ALL: [RateMode; 4] = [
+        RateMode::Live,
+        RateMode::Async,
+        RateMode::Schedule,
+        RateMode::Api,
+    ];
+
+    /// The modes that submit runs: what the launch path waits on.
+    pub const SUBMIT: [RateMode; 3] = [RateMode::Live, RateMode::Async, RateMode::Schedule];
+
+    /// The `mode` label of the metrics, and the mode's `X-RateLimit-Type` value.
     pub fn as_str(self) -> &'static str {
         match self {
             RateMode::Live => "live",
             RateMode::Async => "async",
             RateMode::Schedule => "schedule",
             RateMode::Api => "api",
+        }
+    }
+
+    /// The mode an `X-RateLimit-Type` value names (any case); `None` for a value that names
+    /// no mode (the header's values are undocumented; captain-sim sends the four names).
+    pub fn from_limit_type(value: &str) -> Option<RateMode> {
+        let value = value.trim();
+        RateMode::ALL
+            .into_iter()
+            .find(|mode| mode.as_str().eq_ignore_ascii_case(value))
+    }
+}
+
+/// What a 429 answer said about the limit it hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimitAnswer {
+    /// The wait asked for: `Retry-After`, else `X-RateLimit-Reset`; `None` when neither is
+    /// usable.
+    pub retry_after: Option<Duration>,
+    /// The limit hit, from `X-RateLimit-Type`; `None` when absent or naming no mode.
+    pub limit_type: Option<RateMode>,
+}
+
+impl RateLimitAnswer {
+    /// Read from a 429 answer's headers.
+    pub fn from_headers(headers: &HeaderMap, now: SystemTime) -> Self {
+        Self {
+            retry_after: rate_limit_wait(headers, now),
+            limit_type: header_str(headers, "x-ratelimit-type").and_then(RateMode::from_limit_type),
         }
     }
 }
@@ -87,11 +127,13 @@ impl RateMode {
 pub trait AttemptGate: Send + Sync {
     /// Awaited before each attempt (first ones and retries alike); may delay it.
     async fn before_attempt(&self, mode: RateMode);
-    /// Told of each 429, with the wait the API asked for, if any.
-    fn on_rate_limited(&self, mode: RateMode, retry_after: Option<Duration>);
-    /// Whether `before_attempt` itself holds attempts back after a 429 (a cooldown). When
-    /// true the retry loop does not sleep the wait as well, so a request never waits twice;
-    /// the wait still counts against `max_rate_limit_wait`.
+    /// Told of each 429 to a call of `mode`, with what the answer said (the wait asked for,
+    /// the limit hit).
+    fn on_rate_limited(&self, mode: RateMode, answer: RateLimitAnswer);
+    /// Whether `before_attempt(mode)` itself holds the next attempt of a call of `mode` back
+    /// for the wait a 429 asked (a cooldown). When true the retry loop does not sleep the wait
+    /// as well, so a request never waits twice; the wait still counts against
+    /// `max_rate_limit_wait`.
     fn waits_out_rate_limits(&self) -> bool {
         false
     }
@@ -163,12 +205,13 @@ where
                 tracing::debug!(attempt = sent, ?delay, error = %error_chain(&err), "api call failed, retrying");
                 tokio::time::sleep(delay).await;
             }
-            Verdict::RateLimited { retry_after, error } => {
+            Verdict::RateLimited { answer, error } => {
                 limited += 1;
                 if let Some(gate) = gate {
-                    gate.on_rate_limited(mode, retry_after);
+                    gate.on_rate_limited(mode, answer);
                 }
-                let wait = retry_after
+                let wait = answer
+                    .retry_after
                     .unwrap_or_else(|| policy.backoff(limited))
                     .max(MIN_RATE_LIMIT_WAIT);
                 // Waiting past the cap is pointless: give up now and let the caller back off.
@@ -258,6 +301,28 @@ mod tests {
         assert_eq!(rate_limit_wait(&HeaderMap::new(), now), None);
     }
 
+    #[test]
+    fn x_ratelimit_type_names_the_limit_hit_in_any_case_and_another_value_names_none() {
+        let now = SystemTime::now();
+        let mut h = headers("retry-after", "3");
+        h.insert("x-ratelimit-type", HeaderValue::from_static(" Live "));
+        assert_eq!(
+            RateLimitAnswer::from_headers(&h, now),
+            RateLimitAnswer {
+                retry_after: Some(Duration::from_secs(3)),
+                limit_type: Some(RateMode::Live),
+            }
+        );
+        for mode in RateMode::ALL {
+            assert_eq!(RateMode::from_limit_type(mode.as_str()), Some(mode));
+        }
+        let daily = headers("x-ratelimit-type", "daily");
+        assert_eq!(
+            RateLimitAnswer::from_headers(&daily, now),
+            RateLimitAnswer::default()
+        );
+    }
+
     /// Holds attempts back until the end of the last Retry-After it was told of.
     struct CooldownGate {
         owns_wait: bool,
@@ -272,8 +337,9 @@ mod tests {
                 tokio::time::sleep_until(until).await;
             }
         }
-        fn on_rate_limited(&self, _mode: RateMode, retry_after: Option<Duration>) {
-            *self.until.lock().unwrap() = Some(tokio::time::Instant::now() + retry_after.unwrap());
+        fn on_rate_limited(&self, _mode: RateMode, answer: RateLimitAnswer) {
+            *self.until.lock().unwrap() =
+                Some(tokio::time::Instant::now() + answer.retry_after.unwrap());
         }
         fn waits_out_rate_limits(&self) -> bool {
             self.owns_wait
@@ -290,7 +356,10 @@ mod tests {
                 async move {
                     if first {
                         Verdict::RateLimited {
-                            retry_after: Some(Duration::from_secs(2)),
+                            answer: RateLimitAnswer {
+                                retry_after: Some(Duration::from_secs(2)),
+                                limit_type: None,
+                            },
                             error: AttemptError::RateLimited {
                                 message: "slow down".into(),
                             },

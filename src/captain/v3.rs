@@ -502,15 +502,14 @@ impl V3Client {
             .with_label_values(&[call.endpoint, &code])
             .inc();
         match verdict {
-            Verdict::RateLimited { retry_after, error } => {
+            Verdict::RateLimited { mut answer, error } => {
                 // No v3 source shows rate-limit headers. With a gate, `None` lets the shared
                 // limiter apply its default cooldown; without one, wait the configured default
                 // rather than the (short) retry backoff.
-                let retry_after = match (retry_after, &self.gate) {
-                    (None, None) => Some(self.default_rate_limit_wait),
-                    (given, _) => given,
-                };
-                Verdict::RateLimited { retry_after, error }
+                if answer.retry_after.is_none() && self.gate.is_none() {
+                    answer.retry_after = Some(self.default_rate_limit_wait);
+                }
+                Verdict::RateLimited { answer, error }
             }
             other => other,
         }
@@ -586,6 +585,7 @@ fn fingerprint(rows: &[Value]) -> u64 {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::captain::retry::RateLimitAnswer;
     use crate::captain::v3_wire::{V3JobStatus, V3Step};
     use axum::extract::{Request, State};
     use axum::http::HeaderMap as AxumHeaders;
@@ -796,8 +796,8 @@ mod tests {
         async fn before_attempt(&self, mode: RateMode) {
             self.modes.lock().unwrap().push(mode);
         }
-        fn on_rate_limited(&self, _mode: RateMode, retry_after: Option<Duration>) {
-            self.limited.lock().unwrap().push(retry_after);
+        fn on_rate_limited(&self, _mode: RateMode, answer: RateLimitAnswer) {
+            self.limited.lock().unwrap().push(answer.retry_after);
         }
     }
 

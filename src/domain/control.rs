@@ -355,6 +355,7 @@ pub fn unknown_request(command: &ControlCommand, now: DateTime<Utc>) -> RunStatu
         metadata: Default::default(),
         schedule_status: None,
         provider_status: None,
+        input_errors: None,
         command: Some(CommandOutcome {
             command_id: command.command_id.clone(),
             command: command.command.as_str().to_owned(),
@@ -404,6 +405,7 @@ fn unchanged(state: &RunState, target: &Target, now: DateTime<Utc>) -> RunStatus
         metadata: state.metadata.clone(),
         schedule_status: chunk.and_then(|c| c.schedule_status.clone()),
         provider_status: None,
+        input_errors: None,
         command: None,
     }
 }

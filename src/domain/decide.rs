@@ -50,6 +50,16 @@ pub struct RequestInfo {
 }
 
 impl RequestInfo {
+    /// The facts of `state`'s request.
+    pub fn of(state: &RunState) -> Self {
+        Self {
+            request_id: state.request_id.clone(),
+            action: state.action.clone(),
+            mode: state.mode,
+            metadata: state.metadata.clone(),
+        }
+    }
+
     pub(crate) fn event(
         &self,
         chunk: u32,
@@ -71,6 +81,7 @@ impl RequestInfo {
             occurred_at: at,
             metadata: self.metadata.clone(),
             provider_status: None,
+            input_errors: None,
             schedule_status: None,
             command: None,
         }
@@ -211,12 +222,7 @@ pub fn apply_callback(
     hold_final: bool,
     now: DateTime<Utc>,
 ) -> CallbackEffects {
-    let info = RequestInfo {
-        request_id: state.request_id.clone(),
-        action: state.action.clone(),
-        mode: state.mode,
-        metadata: state.metadata.clone(),
-    };
+    let info = RequestInfo::of(state);
     let chunk = state.chunk_mut(facts.chunk);
     chunk.submitted = true;
     if info.mode == Mode::Async && chunk.run_uid.is_none() {
@@ -260,7 +266,7 @@ pub fn apply_callback(
 }
 
 /// +1 when a run first becomes known in a non-final status, -1 when a known run becomes final.
-fn open_runs_delta(previous: Option<RunStatus>, next: RunStatus) -> i64 {
+pub(super) fn open_runs_delta(previous: Option<RunStatus>, next: RunStatus) -> i64 {
     match (previous, next.is_terminal()) {
         (None, false) => 1,
         (Some(p), true) if !p.is_terminal() => -1,
@@ -269,14 +275,19 @@ fn open_runs_delta(previous: Option<RunStatus>, next: RunStatus) -> i64 {
 }
 
 /// Runs of `state` that are known and not final (a final status waiting for its audit is not
-/// final yet).
+/// final yet; a live request running counts as one).
 pub fn open_runs(state: &RunState) -> usize {
+    let live = state
+        .live
+        .as_ref()
+        .is_some_and(|l| l.status.is_some_and(|s| !s.is_terminal()));
     state
         .chunks
         .iter()
         .flat_map(|c| c.runs.values())
         .filter(|r| r.is_open())
         .count()
+        + usize::from(live)
 }
 
 #[cfg(test)]

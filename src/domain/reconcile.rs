@@ -198,6 +198,7 @@ fn run_event(
         metadata: info.metadata.clone(),
         schedule_status: None,
         provider_status: None,
+        input_errors: None,
         command: None,
     }
 }
@@ -447,6 +448,7 @@ pub fn apply_schedule_status(
         metadata: info.metadata,
         schedule_status: Some(reported.to_owned()),
         provider_status: None,
+        input_errors: None,
         command: None,
     };
     state.updated_at = now;

@@ -1,6 +1,7 @@
 //! The records the bridge publishes (status events, results) and the run state it keeps in
 //! the compacted `runs` topic. JSON field names are the contract of design.md section 3.
 
+use super::live::LiveState;
 use super::request::Mode;
 use super::status::RunStatus;
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ pub enum StatusSource {
     Submit,
     Callback,
     Poll,
+    /// A live request's own status, decided by the bridge from its inputs' live calls.
     Live,
     Webhook,
     Control,
@@ -70,6 +72,10 @@ pub struct RunStatusEvent {
     pub schedule_status: Option<String>,
     /// The control command this event answers (`source: control`); null otherwise.
     pub command: Option<CommandOutcome>,
+    /// A live request's final status: the inputs that failed, each with its error, in input
+    /// order. `None` for every other event.
+    #[serde(default)]
+    pub input_errors: Option<Vec<InputError>>,
 }
 
 /// What became of a control command: on the event it produced, whether it changed a status
@@ -89,10 +95,19 @@ pub struct CommandOutcome {
     pub detail: Option<String>,
 }
 
-/// One result item of one callback batch.
+/// One input of a live request that failed, as its request's final status event lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputError {
+    /// The input's position in the request's `inputs` (from 0).
+    pub index: u32,
+    pub error: StatusError,
+}
+
+/// One result item of one callback batch, or of one live page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
-    /// `run_uid:batch_uid:index`: stable across replays, for downstream deduplication.
+    /// `run_uid:batch_uid:index`: stable across replays and redeliveries, for downstream
+    /// deduplication (for live results see [`super::live::LiveIds`]).
     pub result_id: String,
     pub request_id: String,
     pub run_uid: String,
@@ -141,6 +156,9 @@ pub struct RunState {
     pub metadata: BTreeMap<String, String>,
     pub chunks: Vec<ChunkState>,
     pub updated_at: DateTime<Utc>,
+    /// A live request's progress, input by input (no chunks, no runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveState>,
     /// Control commands already executed (their command_id), most recent last, bounded: a
     /// redelivered command is not executed twice.
     #[serde(default)]
@@ -248,6 +266,7 @@ impl RunState {
                 })
                 .collect(),
             updated_at: Utc::now(),
+            live: None,
             commands: VecDeque::new(),
         }
     }
@@ -319,6 +338,7 @@ mod tests {
             occurred_at: Utc::now(),
             metadata: BTreeMap::new(),
             provider_status: None,
+            input_errors: None,
             schedule_status: None,
             command: None,
         };
@@ -337,6 +357,7 @@ mod tests {
             "occurred_at",
             "metadata",
             "provider_status",
+            "input_errors",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }
@@ -384,6 +405,10 @@ mod tests {
             occurred_at: Utc::now(),
             metadata: BTreeMap::new(),
             provider_status: Some("running".into()),
+            input_errors: Some(vec![InputError {
+                index: 1,
+                error: StatusError::default(),
+            }]),
             schedule_status: None,
             command: None,
         };

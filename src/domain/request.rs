@@ -16,10 +16,17 @@ pub const MAX_REQUEST_ID_LEN: usize = 200;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// One run for (a chunk of) the inputs; results arrive by callback.
     Async,
+    /// A schedule whose firings are async runs.
     Schedule,
     /// A v3 workflow launched as a v3 job (`POST /v3/workflows/{workflow_uid}/schedule`).
     Workflow,
+    /// One `run/live` call per input and page; results in the answers, no callback.
+    Live,
+    /// `live` at or under `live.auto_max_inputs` inputs, `async` above: resolved by the
+    /// launch router (see [`super::admission`]), never run as such.
+    Auto,
 }
 
 impl Mode {
@@ -28,7 +35,26 @@ impl Mode {
             Mode::Async => "async",
             Mode::Schedule => "schedule",
             Mode::Workflow => "workflow",
+            Mode::Live => "live",
+            Mode::Auto => "auto",
         }
+    }
+
+    /// The mode named `name` on the wire.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "async" => Some(Mode::Async),
+            "schedule" => Some(Mode::Schedule),
+            "live" => Some(Mode::Live),
+            "auto" => Some(Mode::Auto),
+            "workflow" => Some(Mode::Workflow),
+            _ => None,
+        }
+    }
+
+    /// Whether the API answers this mode by callback (so the bridge needs its listener).
+    pub fn needs_callbacks(self) -> bool {
+        matches!(self, Mode::Async | Mode::Schedule)
     }
 }
 
@@ -131,8 +157,13 @@ pub enum RejectClass {
     DuplicateKey,
     /// `inputs` is empty.
     EmptyInputs,
-    /// `mode` is none of `async`, `schedule`, `workflow`.
+    /// `mode` is not one of `async`, `schedule`, `live`, `auto`, `workflow`.
     UnknownMode,
+    /// A live request with more inputs than `live.max_inputs`.
+    TooManyInputs,
+    /// A mode this bridge cannot serve: `async` or `schedule` (or `auto` resolved to `async`)
+    /// on a bridge without a callback listener (`callbacks.enabled = false`).
+    ModeUnavailable,
     /// `schedule.cron`, `schedule.schedule_at` or `schedule.timezone` is not valid.
     InvalidSchedule,
     /// A field has a value the API would refuse (action slug, request_id, identity_mode).
@@ -165,6 +196,8 @@ impl RejectClass {
             RejectClass::DuplicateKey => "duplicate_key",
             RejectClass::EmptyInputs => "empty_inputs",
             RejectClass::UnknownMode => "unknown_mode",
+            RejectClass::TooManyInputs => "too_many_inputs",
+            RejectClass::ModeUnavailable => "mode_unavailable",
             RejectClass::InvalidSchedule => "invalid_schedule",
             RejectClass::InvalidValue => "invalid_value",
             RejectClass::InvalidRecord => "invalid_record",
@@ -227,6 +260,8 @@ struct WireRequest {
 pub struct RejectedContext {
     pub request_id: Option<String>,
     pub action: Option<String>,
+    /// The mode asked for, when it is one the bridge knows.
+    pub mode: Option<Mode>,
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -261,6 +296,10 @@ impl RejectedContext {
         Self {
             request_id: text("request_id"),
             action: text("action"),
+            mode: map
+                .get("mode")
+                .and_then(Value::as_str)
+                .and_then(Mode::parse),
             metadata,
         }
     }
@@ -326,15 +365,13 @@ fn validate(mut wire: WireRequest, fallback_id: &str) -> Result<LaunchRequest, R
         None => fallback_id.to_owned(),
     };
     let mode = match wire.mode.as_deref() {
-        None | Some("async") => Mode::Async,
-        Some("schedule") => Mode::Schedule,
-        Some("workflow") => Mode::Workflow,
-        Some(other) => {
-            return Err(reject(
+        None => Mode::Async,
+        Some(name) => Mode::parse(name).ok_or_else(|| {
+            reject(
                 RejectClass::UnknownMode,
-                format!("mode {other:?} is not one of \"async\", \"schedule\", \"workflow\""),
-            ))
-        }
+                format!("mode {name:?} is not one of \"async\", \"schedule\", \"live\", \"auto\", \"workflow\""),
+            )
+        })?,
     };
     if mode == Mode::Workflow {
         return validate_workflow(wire, request_id);
@@ -400,15 +437,13 @@ fn validate(mut wire: WireRequest, fallback_id: &str) -> Result<LaunchRequest, R
             ))
         }
         (Mode::Schedule, Some(s)) => Some(validate_schedule(s)?),
-        (Mode::Async, Some(_)) => {
+        (_, Some(_)) => {
             return Err(reject(
                 RejectClass::InvalidSchedule,
                 "schedule is only allowed with mode \"schedule\"",
             ))
         }
-        (Mode::Async, None) => None,
-        // Handled by `validate_workflow` above.
-        (Mode::Workflow, _) => None,
+        (_, None) => None,
     };
     Ok(LaunchRequest {
         request_id,
@@ -676,9 +711,33 @@ mod tests {
     #[test]
     fn an_unknown_mode_is_rejected() {
         assert_eq!(
-            class_of(json!({"action": "a", "inputs": [{}], "mode": "live"})),
+            class_of(json!({"action": "a", "inputs": [{}], "mode": "sync"})),
             RejectClass::UnknownMode
         );
+    }
+
+    #[test]
+    fn every_mode_name_is_read_and_a_schedule_is_refused_outside_schedule_mode() {
+        for (name, mode) in [
+            ("async", Mode::Async),
+            ("schedule", Mode::Schedule),
+            ("live", Mode::Live),
+            ("auto", Mode::Auto),
+        ] {
+            assert_eq!(Mode::parse(name), Some(mode));
+            assert_eq!(mode.as_str(), name);
+            assert_eq!(serde_json::to_value(mode).unwrap(), json!(name));
+        }
+        let r = parse(json!({"action": "a", "inputs": [{}], "mode": "live"})).unwrap();
+        assert_eq!(r.mode, Mode::Live);
+        for mode in ["live", "auto", "async"] {
+            assert_eq!(
+                class_of(json!({"action": "a", "inputs": [{}], "mode": mode,
+                                "schedule": {"cron": "0 8 * * 1"}})),
+                RejectClass::InvalidSchedule,
+                "{mode}"
+            );
+        }
     }
 
     #[test]
@@ -791,9 +850,10 @@ mod tests {
     #[test]
     fn a_rejected_record_keeps_its_request_id_and_metadata_when_readable() {
         let ctx = RejectedContext::from_bytes(
-            br#"{"request_id": "r9", "inputs": [], "metadata": {"a": "b"}}"#,
+            br#"{"request_id": "r9", "mode": "live", "inputs": [], "metadata": {"a": "b"}}"#,
         );
         assert_eq!(ctx.request_id.as_deref(), Some("r9"));
+        assert_eq!(ctx.mode, Some(Mode::Live));
         assert_eq!(ctx.metadata.get("a").map(String::as_str), Some("b"));
     }
 

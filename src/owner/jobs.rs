@@ -1,8 +1,10 @@
 //! Submission jobs: the API calls of one launch request, made off the owner's loop. A job
 //! submits the chunks it was given one after the other (each through the shared rate limiter
 //! and retry policy) and reports every chunk's outcome as it comes, then that it is done; the
-//! owner applies the outcomes to the request's state in its transaction.
+//! owner applies the outcomes to the request's state in its transaction. Live requests have
+//! jobs of their own ([`super::live`]), reporting through the same channel.
 
+use super::live::{LiveMessage, LiveRunner};
 use crate::captain::{AsyncRunBody, CallbackTarget, CaptainClient, ScheduleRunBody, SubmitError};
 use crate::domain::reconcile::Delivery;
 use crate::domain::request::{self, LaunchRequest, Mode};
@@ -32,10 +34,14 @@ pub struct SubmitSettings {
 /// Starts submission jobs.
 pub struct Submitter {
     pub client: Arc<CaptainClient>,
-    pub keys: Arc<TokenKeys>,
+    /// Signs callback URLs; `None` on a bridge without a callback listener, which submits
+    /// no async run or schedule (the router refuses them; see `domain::admission`).
+    pub keys: Option<Arc<TokenKeys>>,
     pub settings: SubmitSettings,
     /// The v3 API, when `v3.enabled` (workflow requests).
     pub v3: Option<Arc<super::v3_jobs::V3Jobs>>,
+    /// Starts the jobs of live requests.
+    pub live: Arc<LiveRunner>,
 }
 
 /// A job's report to the owner.
@@ -56,6 +62,8 @@ pub enum JobMessage {
         order: super::v3_jobs::FetchOrder,
         outcome: Result<super::v3_jobs::FetchedJob, String>,
     },
+    /// A live job's page, input end or end.
+    Live(LiveMessage),
     /// A reconcile check: the run polled (when asked) and its deliveries in flight or failed.
     Checked {
         run: RunRef,
@@ -113,6 +121,7 @@ impl JobMessage {
             JobMessage::Audited { checked, .. } => {
                 checked.first().map_or(-1, |(run, _)| run.partition)
             }
+            JobMessage::Live(m) => m.partition,
         }
     }
 }
@@ -133,12 +142,14 @@ impl JobReports {
 }
 
 impl Submitter {
-    /// The chunk size of `request`'s mode (the API's per-run input limit).
+    /// The chunk size of `request`'s mode (the API's per-run input limit). Live requests are
+    /// not chunked (their jobs are [`LiveRunner`]'s).
     pub fn chunk_size(&self, mode: Mode) -> usize {
         match mode {
             Mode::Async => self.settings.async_max_inputs,
             Mode::Schedule => self.settings.schedule_max_inputs,
             Mode::Workflow => self.v3.as_ref().map_or(usize::MAX, |v3| v3.max_inputs),
+            Mode::Live | Mode::Auto => usize::MAX,
         }
     }
 
@@ -189,11 +200,21 @@ impl Submitter {
         chunk: u32,
         inputs: &[serde_json::Value],
     ) -> Result<Submission, SubmitError> {
+        let Some(keys) = &self.keys else {
+            // A request routed before the listener was turned off: refused for good.
+            return Err(SubmitError::InvalidRequest {
+                reason: format!(
+                    "mode {:?} needs callbacks and this bridge has no callback listener \
+                     (callbacks.enabled = false)",
+                    request.mode.as_str()
+                ),
+            });
+        };
         // An async run calls back for a bounded time; a schedule's firings for as long as it
         // lives, with this same token.
         let expires_at = (request.mode == Mode::Async)
             .then(|| chrono::Utc::now().timestamp() + self.settings.token_ttl.as_secs() as i64);
-        let token = self.keys.sign(&CallbackClaims {
+        let token = keys.sign(&CallbackClaims {
             request_id: request.request_id.clone(),
             chunk,
             expires_at,
@@ -252,6 +273,9 @@ impl Submitter {
                     schedule_uid: accepted.schedule_uid,
                 })
             }
+            Mode::Live | Mode::Auto => Err(SubmitError::InvalidRequest {
+                reason: format!("mode {:?} is not submitted as a run", request.mode.as_str()),
+            }),
         }
     }
 }
@@ -264,6 +288,12 @@ fn status_error(error: &SubmitError) -> StatusError {
             scope: error.error_scope.clone(),
             message: error.message.clone(),
             http_status: Some(*http_status),
+        },
+        SubmitError::InvalidRequest { reason } => StatusError {
+            label: Some("NOT_SUBMITTED".into()),
+            scope: None,
+            message: reason.clone(),
+            http_status: None,
         },
         other => StatusError {
             label: Some("SUBMIT_RETRIES_EXHAUSTED".into()),

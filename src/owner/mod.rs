@@ -15,6 +15,7 @@
 pub mod control;
 mod core;
 pub mod jobs;
+pub mod live;
 pub mod reconcile;
 pub mod restore;
 pub mod v3_jobs;

@@ -7,8 +7,8 @@
 
 use super::jobs::{JobMessage, JobReports};
 use crate::captain::{
-    AdaptiveLimiter, CallbackDeliveryStatus, CaptainClient, Run, ScheduleStatus, SubmitError,
-    CALLBACKS_PAGE_SIZE,
+    AdaptiveLimiter, CallbackDeliveryStatus, CaptainClient, RateMode, Run, ScheduleStatus,
+    SubmitError, CALLBACKS_PAGE_SIZE,
 };
 use crate::domain::reconcile::{Delivery, DeliveryState};
 use crate::domain::{RunStatus, StatusError};
@@ -113,7 +113,8 @@ impl Reconciler {
     /// Waits for this call's slot: reconcile calls are spaced to `max_rate_share` of the
     /// limiter's current rate (which follows the key's learned limit).
     pub(super) async fn pace(&self) {
-        let rate = (self.limiter.current_rate() * self.max_rate_share).max(0.05);
+        // Reconcile calls (runs, callbacks, schedules) draw on the api mode's budget.
+        let rate = (self.limiter.current_rate(RateMode::Api) * self.max_rate_share).max(0.05);
         let gap = Duration::from_secs_f64(1.0 / rate);
         let at = {
             let mut next = self.next.lock().await;

@@ -40,6 +40,7 @@ pub fn status_event(request_id: &str) -> RunStatusEvent {
             ("team".into(), "growth".into()),
         ]),
         provider_status: None,
+        input_errors: None,
         schedule_status: None,
         command: None,
     }

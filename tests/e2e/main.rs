@@ -14,6 +14,7 @@ mod flow;
 mod huge_callback;
 mod large_request;
 mod ledger;
+mod live;
 mod outage;
 mod ownership;
 mod poison;

@@ -211,9 +211,12 @@ impl BridgeProcess {
             )
         })?;
         // A restart binds the same ports: callback URLs already handed out stay valid.
-        self.callback_addr = callback;
+        // A bridge without a callback listener ("callbacks off") keeps the configured address.
+        if let Some(callback) = callback {
+            self.callback_addr = callback;
+            self.settings.callbacks.listen = callback;
+        }
         self.ops_addr = ops;
-        self.settings.callbacks.listen = callback;
         self.settings.ops.listen = ops;
         self.wait_ready(Duration::from_secs(120)).await
     }
@@ -330,15 +333,20 @@ impl Drop for BridgeProcess {
     }
 }
 
-/// `captain-bridge listening: callbacks http://A ops http://B` → (A, B).
-fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+/// `captain-bridge listening: callbacks http://A ops http://B` → (Some(A), B);
+/// `callbacks off` (no callback listener) → (None, B).
+fn parse_listening(line: &str) -> Option<(Option<SocketAddr>, SocketAddr)> {
     let rest = line.trim().strip_prefix("captain-bridge listening: ")?;
     let mut words = rest.split_whitespace();
-    let mut addr = |label: &str| -> Option<SocketAddr> {
+    let mut addr = |label: &str| -> Option<Option<SocketAddr>> {
         (words.next()? == label).then_some(())?;
-        words.next()?.strip_prefix("http://")?.parse().ok()
+        match words.next()? {
+            "off" => Some(None),
+            url => url.strip_prefix("http://")?.parse().ok().map(Some),
+        }
     };
-    Some((addr("callbacks")?, addr("ops")?))
+    let callbacks = addr("callbacks")?;
+    Some((callbacks, addr("ops")??))
 }
 
 #[cfg(test)]
@@ -350,8 +358,15 @@ mod tests {
         let line =
             "captain-bridge listening: callbacks http://127.0.0.1:4100 ops http://127.0.0.1:4101\n";
         let (callbacks, ops) = parse_listening(line).unwrap_or_else(|| panic!("{line}"));
-        assert_eq!(callbacks.port(), 4100);
+        assert_eq!(callbacks.map(|c| c.port()), Some(4100));
         assert_eq!(ops.port(), 4101);
         assert!(parse_listening("captain-bridge listening: ops http://x").is_none());
+    }
+
+    #[test]
+    fn a_bridge_without_callback_listener_says_callbacks_off() {
+        let line = "captain-bridge listening: callbacks off ops http://127.0.0.1:4101\n";
+        let (callbacks, ops) = parse_listening(line).unwrap_or_else(|| panic!("{line}"));
+        assert_eq!((callbacks, ops.port()), (None, 4101));
     }
 }

@@ -34,6 +34,9 @@ impl Core {
             job.offsets.push(offset);
             return;
         }
+        if matches!(request.mode, Mode::Live | Mode::Auto) {
+            return self.start_live(record, request);
+        }
         let size = self.submitter.chunk_size(request.mode).max(1);
         let chunk_count = request.inputs.len().div_ceil(size);
         let Some(owned) = self.owned.get_mut(&p) else {
@@ -82,6 +85,7 @@ impl Core {
                         offsets: vec![offset],
                         failed: false,
                         handle,
+                        live: None,
                     },
                 );
             }
@@ -96,6 +100,9 @@ impl Core {
     }
 
     pub(super) fn on_job_message(&mut self, message: JobMessage) {
+        if let JobMessage::Live(message) = message {
+            return self.on_live_message(message);
+        }
         let p = message.partition();
         if let JobMessage::Commanded(done) = message {
             return self.on_commanded(*done);
@@ -130,6 +137,7 @@ impl Core {
                 });
                 self.release(&request_id);
             }
+            JobMessage::Live(_) => {}
             JobMessage::Done { request_id, .. } => {
                 let offsets = self.finish_job(&request_id);
                 let topic = self.config.requests_topic.clone();
@@ -211,7 +219,7 @@ impl Core {
         self.dirty.insert((partition, request_id.to_owned()));
     }
 
-    fn start_waiting(&mut self) {
+    pub(super) fn start_waiting(&mut self) {
         while self.jobs.len() < self.config.max_in_flight.max(1) {
             let Some(record) = self.waiting.pop_front() else {
                 break;

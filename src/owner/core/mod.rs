@@ -13,6 +13,7 @@
 mod callback;
 mod control;
 mod launch;
+mod live;
 mod reconcile;
 mod workflow;
 
@@ -58,6 +59,9 @@ struct Job {
     offsets: Vec<i64>,
     failed: bool,
     handle: tokio::task::JoinHandle<()>,
+    /// Set for a live request's job: it resumes from the run state, so it is stopped rather
+    /// than drained when its partition leaves or the transaction aborts.
+    live: Option<super::live::LiveHandle>,
 }
 
 /// One owned, restored partition's run state.
@@ -344,6 +348,7 @@ impl Core {
             .copied()
             .collect();
         let replay = std::mem::take(&mut self.applied);
+        self.stop_live_jobs(&all);
         self.forget(&all);
         self.deferred.splice(0..0, replay);
         self.advanced = false;
@@ -512,6 +517,7 @@ impl Core {
     pub fn revoke(&mut self, group: Option<&ConsumerGroupMetadata>, lost: bool) {
         let revoked: BTreeSet<i32> = self.assigned.take().unwrap_or_default();
         self.epoch += 1;
+        self.stop_live_jobs(&revoked);
         if !lost {
             self.drain_jobs(&revoked, self.config.revoke_drain);
         }
@@ -552,9 +558,12 @@ impl Core {
         }
     }
 
-    /// Stops taking records; jobs in flight still report.
+    /// Stops taking records; submission jobs in flight still report, live jobs stop (their
+    /// requests resume from the committed state after restart).
     pub fn stop_taking(&mut self) {
         self.stopping = true;
+        let all: BTreeSet<i32> = self.jobs.values().map(|j| j.partition).collect();
+        self.stop_live_jobs(&all);
     }
 
     /// Aborts the jobs still running (past the drain deadline): their requests are submitted
