@@ -4,6 +4,7 @@
 //! order: stop consuming (the owner drains its submissions in flight within the deadline and
 //! commits), stop accepting callbacks, flush the producer.
 
+use crate::avro::{Codec, RecordEncoder};
 use crate::callbacks::{self, CallbackState, Readiness};
 use crate::captain::{AdaptiveLimiter, CaptainClient, ClientConfig, RetryPolicy};
 use crate::config::{Settings, RECORD_HEADROOM};
@@ -38,6 +39,8 @@ pub struct Application {
     pause: Arc<PauseControl>,
     callback_state: CallbackState,
     limiter: Arc<AdaptiveLimiter>,
+    /// Output values' encoder: asks the registry until every Avro writer id is known.
+    encoder: Arc<RecordEncoder>,
 }
 
 impl Application {
@@ -68,8 +71,14 @@ impl Application {
         }
         let partitions = co_partitioned(&settings, &access).await?;
         let dead_letter_max = topic_limit(&access, &k.topics.dead_letter).await;
-        let records = RecordBuilder::new(k.topics.clone(), partitions)
+        let codec = Codec::start(&settings, &metrics)
+            .await
+            .context("setting up the Avro codec")?;
+        let mut records = RecordBuilder::new(k.topics.clone(), partitions)
             .with_dead_letter_limit(dead_letter_max);
+        if codec.encoder.any_avro() {
+            records = records.with_encoder(codec.encoder.clone());
+        }
         let producer_config = producer_config(&settings);
         let producer = Arc::new(
             RecordProducer::new(&producer_config, metrics.clone())
@@ -111,6 +120,7 @@ impl Application {
                 consumer_properties: consumer_properties(&settings),
             },
             records.clone(),
+            codec.decoder.clone(),
             metrics.clone(),
         )
         .context("creating the launch router")?;
@@ -168,6 +178,7 @@ impl Application {
             pause,
             callback_state,
             limiter,
+            encoder: codec.encoder,
         })
     }
 
@@ -195,6 +206,7 @@ impl Application {
             pause,
             callback_state,
             limiter,
+            encoder,
         } = self;
 
         let ops_stop = CancellationToken::new();
@@ -217,6 +229,8 @@ impl Application {
             settings.captain.rate_limit.pause_consumer_after,
             consume_stop.clone(),
         ));
+        let warm_stop = consume_stop.clone();
+        tokio::spawn(async move { encoder.keep_warm(warm_stop).await });
         let mut routing = tokio::spawn(router.run(consume_stop.clone()));
         let mut owning = tokio::spawn(owner.run(consume_stop.clone()));
         readiness.set_ready(true);

@@ -2,6 +2,7 @@
 //! scripts/test.sh) and a real `captain-sim` process. Each test has its own topics and group.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod avro;
 mod backlog;
 mod callbacks_http;
 mod cooldown;
