@@ -12,7 +12,8 @@ use crate::intake::CallbackIntake;
 use crate::kafka::{self, ClusterAccess, PauseControl, ProducerConfig, RecordProducer};
 use crate::metrics::Metrics;
 use crate::owner::jobs::{SubmitSettings, Submitter};
-use crate::owner::{OwnerConfig, PartitionOwner};
+use crate::owner::reconcile::Reconciler;
+use crate::owner::{OwnerConfig, PartitionOwner, ReconcileConfig};
 use crate::publish::RecordBuilder;
 use crate::router::{LaunchRouter, RouterConfig};
 use crate::telemetry::ErrorChain;
@@ -94,6 +95,12 @@ impl Application {
                 .context("creating the Captain Data client")?
                 .with_gate(limiter.clone()),
         );
+        // Control commands use the reconciler's API calls even when reconciling is off.
+        let reconciler = Arc::new(Reconciler::new(
+            client.clone(),
+            limiter.clone(),
+            settings.reconcile.max_rate_share,
+        ));
         let submitter = Arc::new(Submitter {
             client,
             keys: keys.clone(),
@@ -112,6 +119,7 @@ impl Application {
                 bootstrap: k.bootstrap_servers.clone(),
                 group_id: k.group_id.clone(),
                 launch_topic: k.topics.launch_requests.clone(),
+                control_topic: k.topics.control.clone(),
                 commit_interval: settings.processing.commit_interval,
                 max_request_bytes: k.max_record_bytes,
                 producer: producer_config.clone(),
@@ -150,6 +158,11 @@ impl Application {
             metrics.clone(),
         )
         .context("creating the partition owner")?;
+        let reconcile = match settings.reconcile.enabled {
+            true => Some(reconcile_config(&settings.reconcile)?),
+            false => None,
+        };
+        let owner = owner.with_reconciler(reconcile, reconciler);
         let callback_state = CallbackState {
             keys,
             sink: Arc::new(CallbackIntake {
@@ -521,4 +534,24 @@ fn consumer_properties(settings: &Settings) -> std::collections::BTreeMap<String
     p.entry("statistics.interval.ms".into())
         .or_insert_with(|| k.statistics_interval.as_millis().to_string());
     p
+}
+
+/// The reconciler's settings as the owner uses them.
+fn reconcile_config(r: &crate::config::ReconcileSettings) -> anyhow::Result<ReconcileConfig> {
+    let d = |key: &str, v: Duration| {
+        chrono::Duration::from_std(v).with_context(|| format!("reconcile.{key}: out of range"))
+    };
+    Ok(ReconcileConfig {
+        timers: crate::domain::reconcile::ReconcileTimers {
+            silence_after: d("silence_after", r.silence_after)?,
+            run_deadline: d("run_deadline", r.run_deadline)?,
+            audit_delay: d("audit_delay", r.audit_delay)?,
+            audit_retry: d("audit_retry", r.audit_retry)?,
+            audit_timeout: d("audit_timeout", r.audit_timeout)?,
+        },
+        max_replays: r.max_replays,
+        max_in_flight: r.max_in_flight,
+        schedule_interval: d("schedule_interval", r.schedule_interval)?,
+        tick: r.tick,
+    })
 }

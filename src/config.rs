@@ -52,6 +52,7 @@ pub struct Settings {
     pub ops: OpsSettings,
     pub launch: LaunchSettings,
     pub processing: ProcessingSettings,
+    pub reconcile: ReconcileSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
     /// The Confluent-compatible schema registry of the Avro topics (`kafka.formats`).
@@ -310,6 +311,65 @@ impl Default for ProcessingSettings {
     }
 }
 
+/// `[reconcile]`: closing every run. Each partition owner watches the runs of its partitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// Off: runs close only through their callbacks (nothing is polled or replayed, nothing
+    /// times out, final statuses are published as they arrive).
+    pub enabled: bool,
+    /// A run with no news for this long is polled (`GET /runs/{uid}`) and its failed
+    /// deliveries replayed.
+    #[serde(with = "humantime_serde")]
+    pub silence_after: Duration,
+    /// A run without a final status this long after it was first seen becomes `TIMED_OUT`.
+    #[serde(with = "humantime_serde")]
+    pub run_deadline: Duration,
+    /// A final status waits this long, then for the audit of the run's deliveries (failed
+    /// ones replayed), so that it can say which pages were lost.
+    #[serde(with = "humantime_serde")]
+    pub audit_delay: Duration,
+    /// Between two audits of one run while deliveries are in flight or replays were asked.
+    #[serde(with = "humantime_serde")]
+    pub audit_retry: Duration,
+    /// A final status whose audit cannot complete is published this long after it arrived,
+    /// with an error saying so.
+    #[serde(with = "humantime_serde")]
+    pub audit_timeout: Duration,
+    /// Replays per original delivery (the API allows 3).
+    pub max_replays: u8,
+    /// Reconcile calls in flight at once per instance.
+    pub max_in_flight: usize,
+    /// Share of the API key's current rate the reconcile calls may use, so a backlog of
+    /// silent runs cannot starve launches.
+    pub max_rate_share: f64,
+    /// How often each active schedule's state is asked for (paused, cancelled, completed are
+    /// published when they change).
+    #[serde(with = "humantime_serde")]
+    pub schedule_interval: Duration,
+    /// How often the owner looks for runs that need a check.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            silence_after: Duration::from_secs(300),
+            run_deadline: Duration::from_secs(24 * 3600),
+            audit_delay: Duration::from_secs(2),
+            audit_retry: Duration::from_secs(10),
+            audit_timeout: Duration::from_secs(900),
+            max_replays: 3,
+            max_in_flight: 8,
+            max_rate_share: 0.2,
+            schedule_interval: Duration::from_secs(600),
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownSettings {
@@ -558,6 +618,34 @@ impl Settings {
         if self.callbacks.max_results == 0 {
             return Err(invalid("callbacks.max_results", "must be at least 1"));
         }
+        let r = &self.reconcile;
+        if !(r.max_rate_share > 0.0 && r.max_rate_share <= 1.0) {
+            return Err(invalid(
+                "reconcile.max_rate_share",
+                "must be within (0, 1]: a share of the key's rate",
+            ));
+        }
+        if !(1..=3).contains(&r.max_replays) {
+            return Err(invalid(
+                "reconcile.max_replays",
+                "must be within 1..=3 (the API allows 3 replays per delivery)",
+            ));
+        }
+        if r.max_in_flight == 0 {
+            return Err(invalid("reconcile.max_in_flight", "must be at least 1"));
+        }
+        if r.tick.is_zero() || r.audit_retry.is_zero() || r.silence_after.is_zero() {
+            return Err(invalid(
+                "reconcile",
+                "tick, audit_retry and silence_after must be longer than 0s",
+            ));
+        }
+        if r.run_deadline <= r.silence_after {
+            return Err(invalid(
+                "reconcile.run_deadline",
+                "must be longer than reconcile.silence_after",
+            ));
+        }
         let p = &self.processing;
         if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&p.commit_interval) {
             return Err(invalid(
@@ -738,6 +826,12 @@ mod tests {
                 "SASL_SSL",
             ),
             (
+                "CAPTAIN_BRIDGE_KAFKA__PROPERTIES__SASL__MECHANISM",
+                "SCRAM-SHA-512",
+            ),
+            ("CAPTAIN_BRIDGE_KAFKA__PROPERTIES__SASL__USERNAME", "bridge"),
+            ("CAPTAIN_BRIDGE_KAFKA__PROPERTIES__SASL__PASSWORD", "secret"),
+            (
                 "CAPTAIN_BRIDGE_KAFKA__PROPERTIES__STATISTICS__INTERVAL__MS",
                 "5000",
             ),
@@ -757,6 +851,10 @@ mod tests {
                 .get("security.protocol")
                 .map(String::as_str),
             Some("SASL_SSL")
+        );
+        assert_eq!(
+            s.kafka.properties.get("sasl.mechanism").map(String::as_str),
+            Some("SCRAM-SHA-512")
         );
     }
 

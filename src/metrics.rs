@@ -132,6 +132,93 @@ pub struct Metrics {
     /// Consumer lag in records, by topic, summed over the partitions this instance fetches
     /// (from librdkafka's statistics, see [`crate::kafka::stats`]).
     pub consumer_lag: IntGaugeVec,
+    /// The reconciler's and the control topic's metrics.
+    pub reconcile: ReconcileMetrics,
+}
+
+/// What the reconciler does to close runs, and what control commands did.
+#[derive(Clone)]
+pub struct ReconcileMetrics {
+    /// Silent runs polled.
+    pub runs_polled: IntCounter,
+    /// Polls that found a status the callbacks had not brought.
+    pub poll_status_changes: IntCounter,
+    /// Replays of failed deliveries asked of the API.
+    pub replays_requested: IntCounter,
+    /// Replayed batches received.
+    pub replays_received: IntCounter,
+    /// Result pages lost for good (every delivery and replay failed).
+    pub batches_lost: IntCounter,
+    /// Runs closed as `TIMED_OUT`.
+    pub runs_timed_out: IntCounter,
+    /// Age of the oldest run this instance owns that is known and not final.
+    pub oldest_open_run_age: prometheus::Gauge,
+    /// Reconcile calls that failed, by kind (`poll`, `deliveries`, `schedule`).
+    pub errors: IntCounterVec,
+    /// Control commands, by command and outcome (`accepted`, `refused`, `duplicate`,
+    /// `unknown_request`, `invalid`).
+    pub control_commands: IntCounterVec,
+}
+
+/// `kind` values of `reconcile_errors_total`.
+const RECONCILE_ERROR_KINDS: &[&str] = &["poll", "deliveries", "schedule"];
+
+impl ReconcileMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let m = Self {
+            runs_polled: counter("reconcile_runs_polled_total", "Silent runs polled")?,
+            poll_status_changes: counter(
+                "reconcile_poll_status_changes_total",
+                "Polls that found a status no callback had brought",
+            )?,
+            replays_requested: counter(
+                "reconcile_replays_requested_total",
+                "Replays of failed callback deliveries asked of the API",
+            )?,
+            replays_received: counter(
+                "reconcile_replays_received_total",
+                "Replayed result pages received",
+            )?,
+            batches_lost: counter(
+                "reconcile_batches_lost_total",
+                "Result pages lost for good: every delivery and replay failed",
+            )?,
+            runs_timed_out: counter(
+                "runs_timed_out_total",
+                "Runs closed as TIMED_OUT after reconcile.run_deadline",
+            )?,
+            oldest_open_run_age: prometheus::Gauge::new(
+                "oldest_nonfinal_run_age_seconds",
+                "Age of the oldest known, not final run of the partitions this instance owns",
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "reconcile_errors_total",
+                    "Reconcile calls to the API that failed, by kind",
+                ),
+                &["kind"],
+            )?,
+            control_commands: IntCounterVec::new(
+                Opts::new(
+                    "control_commands_total",
+                    "Control commands, by command and outcome",
+                ),
+                &["command", "outcome"],
+            )?,
+        };
+        registry.register(Box::new(m.oldest_open_run_age.clone()))?;
+        registry.register(Box::new(m.errors.clone()))?;
+        registry.register(Box::new(m.control_commands.clone()))?;
+        for kind in RECONCILE_ERROR_KINDS {
+            m.errors.with_label_values(&[kind]);
+        }
+        Ok(m)
+    }
 }
 
 impl Metrics {
@@ -357,6 +444,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
+        let reconcile = ReconcileMetrics::register(&registry)?;
         registry.register(Box::new(launch_paused_for_cooldown.clone()))?;
         registry.register(Box::new(launches.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
@@ -421,6 +509,7 @@ impl Metrics {
             schema_registry_waiting,
             ready,
             consumer_lag,
+            reconcile,
         })
     }
 

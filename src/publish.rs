@@ -8,6 +8,7 @@
 
 use crate::avro::{EncodeError, RecordEncoder};
 use crate::config::TopicSettings;
+use crate::domain::control::ControlCommand;
 use crate::domain::{LaunchRequest, Rejection, RunResultRef, RunState, RunStatusEvent};
 use crate::kafka::{partition_for_key, OutRecord};
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub const H_REQUEST_ID: &str = "captain.request_id";
 pub const H_CHUNK: &str = "captain.chunk";
 pub const H_RECEIVED_AT: &str = "captain.received_at";
 pub const H_KIND: &str = "captain.kind";
+/// The `captain.kind` of a control command on the requests topic (launches say `launch`).
+pub const KIND_CONTROL: &[u8] = b"control";
 
 /// Builds the records of each topic.
 #[derive(Debug, Clone)]
@@ -123,19 +126,22 @@ impl RecordBuilder {
             role: "requests",
             key: Some(request.request_id.as_bytes().to_vec()),
             payload: Some(json_bytes(request)),
-            headers: vec![
-                (H_KIND.to_owned(), b"launch".to_vec()),
-                (H_SOURCE_TOPIC.to_owned(), origin.topic.as_bytes().to_vec()),
-                (
-                    H_SOURCE_PARTITION.to_owned(),
-                    origin.partition.to_string().into_bytes(),
-                ),
-                (
-                    H_SOURCE_OFFSET.to_owned(),
-                    origin.offset.to_string().into_bytes(),
-                ),
-            ],
+            headers: source_headers(b"launch", origin),
             partition: Some(self.partition_of(&request.request_id)),
+        }
+    }
+
+    /// A valid control command on the internal requests topic, on the partition of the
+    /// request it is about, so that the request's owner executes it in order with the
+    /// request's other events.
+    pub fn control(&self, command: &ControlCommand, origin: &Origin<'_>) -> OutRecord {
+        OutRecord {
+            topic: self.topics.requests.clone(),
+            role: "requests",
+            key: Some(command.request_id.as_bytes().to_vec()),
+            payload: Some(json_bytes(command)),
+            headers: source_headers(KIND_CONTROL, origin),
+            partition: Some(self.partition_of(&command.request_id)),
         }
     }
 
@@ -266,4 +272,20 @@ fn truncate_utf8(text: &str, max: usize) -> String {
 fn json_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Our own records hold only strings, numbers and JSON values: serialization cannot fail.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// The headers of a record forwarded to the requests topic: its kind and where it came from.
+fn source_headers(kind: &[u8], origin: &Origin<'_>) -> Vec<(String, Vec<u8>)> {
+    vec![
+        (H_KIND.to_owned(), kind.to_vec()),
+        (H_SOURCE_TOPIC.to_owned(), origin.topic.as_bytes().to_vec()),
+        (
+            H_SOURCE_PARTITION.to_owned(),
+            origin.partition.to_string().into_bytes(),
+        ),
+        (
+            H_SOURCE_OFFSET.to_owned(),
+            origin.offset.to_string().into_bytes(),
+        ),
+    ]
 }

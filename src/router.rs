@@ -19,7 +19,8 @@
 //! with a backoff; nothing at or after it is committed until it goes through. The same
 //! decoder reads the control topic ([`RecordDecoder::decode_control`]).
 
-use crate::avro::{EncodeError, LaunchDecodeError, RecordDecoder, RegistryError};
+use crate::avro::{DecodeError, EncodeError, LaunchDecodeError, RecordDecoder, RegistryError};
+use crate::domain::control::{self, ControlCommand};
 use crate::domain::request::{self, derived_request_id, Mode, RejectedContext};
 use crate::domain::{
     LaunchRequest, Rejection, RunStatus, RunStatusEvent, StatusError, StatusSource,
@@ -51,6 +52,8 @@ pub struct RouterConfig {
     /// The launch topic's consumer group (the deployment's `kafka.group_id`).
     pub group_id: String,
     pub launch_topic: String,
+    /// Operators' commands, forwarded to the owner of their request.
+    pub control_topic: String,
     pub commit_interval: Duration,
     /// Largest request forwarded to the requests topic (its `max.message.bytes`).
     pub max_request_bytes: usize,
@@ -170,6 +173,35 @@ impl RouterCore {
         }
     }
 
+    /// A control command goes to its request's owner; a malformed one to the dead-letter
+    /// topic, with the same headers as a rejected launch (there is no run to give a status).
+    fn route_control(
+        &self,
+        record: &InboundRecord,
+        decoded: Result<ControlCommand, Rejection>,
+    ) -> Vec<OutRecord> {
+        match decoded {
+            Ok(command) => vec![self.records.control(&command, &Self::origin(record))],
+            Err(rejection) => {
+                let key = record.key.as_deref().map(String::from_utf8_lossy);
+                let request_id = key.map_or_else(
+                    || derived_request_id(&record.topic, record.partition, record.offset),
+                    |k| k.into_owned(),
+                );
+                tracing::warn!(%request_id, class = rejection.class.as_str(), reason = %rejection.message,
+                    partition = record.partition, offset = record.offset, "control command rejected");
+                self.metrics
+                    .reconcile
+                    .control_commands
+                    .with_label_values(&["unreadable", "malformed"])
+                    .inc();
+                vec![self
+                    .records
+                    .dead_letter(&Self::origin(record), &rejection, &request_id)]
+            }
+        }
+    }
+
     /// Dead-letter record and `REJECTED` status (keyed and labelled by `context`, what could
     /// be read of the record).
     fn reject(
@@ -198,6 +230,8 @@ impl RouterCore {
             source: StatusSource::Bridge,
             occurred_at: Utc::now(),
             metadata: context.metadata,
+            schedule_status: None,
+            command: None,
         };
         let status = match self.records.status(&event) {
             Ok(status) => Some(status),
@@ -404,7 +438,7 @@ impl LaunchRouter {
             })
             .map_err(RouterError::Setup)?;
         consumer
-            .subscribe(&[&config.launch_topic])
+            .subscribe(&[&config.launch_topic, &config.control_topic])
             .map_err(RouterError::Setup)?;
         Ok(Self {
             config,
@@ -467,12 +501,20 @@ impl LaunchRouter {
     async fn process(&self, record: InboundRecord) -> Result<(), (InboundRecord, Wait)> {
         let fallback = derived_request_id(&record.topic, record.partition, record.offset);
         let payload = record.payload.as_deref().unwrap_or_default();
-        let decoded = self.decoder.decode_launch(payload, &fallback).await;
-        let mut core = lock(&self.core);
-        let out = match core.route(&record, decoded) {
+        let routed = if record.topic == self.config.control_topic {
+            match self.decode_control(payload).await {
+                Ok(decoded) => Ok(lock(&self.core).route_control(&record, decoded)),
+                Err(wait) => Err(wait),
+            }
+        } else {
+            let decoded = self.decoder.decode_launch(payload, &fallback).await;
+            lock(&self.core).route(&record, decoded)
+        };
+        let out = match routed {
             Ok(out) => out,
             Err(wait) => return Err((record, wait)),
         };
+        let mut core = lock(&self.core);
         if core.isolating(&record) {
             drop(core);
             return match self.isolated(&record, out) {
@@ -489,6 +531,29 @@ impl LaunchRouter {
             }
         }
         Ok(())
+    }
+
+    /// A control record as a command: JSON as it is, Avro (magic byte 0) through the registry
+    /// and the `ControlCommand` contract, then checked the same way; `Wait` while the writer
+    /// schema cannot be fetched.
+    async fn decode_control(
+        &self,
+        payload: &[u8],
+    ) -> Result<Result<ControlCommand, Rejection>, Wait> {
+        if !matches!(
+            crate::avro::wire::input_format(payload),
+            crate::avro::wire::InputFormat::Avro
+        ) {
+            return Ok(control::parse_json(payload));
+        }
+        match self.decoder.decode_control(payload).await {
+            Ok(value) => Ok(control::parse_json(value.to_string().as_bytes())),
+            Err(DecodeError::Rejected(rejection)) => Ok(Err(rejection)),
+            Err(DecodeError::Registry(error)) => Err(Wait {
+                stage: "decode",
+                error,
+            }),
+        }
     }
 
     /// Keeps `record` (first in line) until the registry answers: pauses the launch

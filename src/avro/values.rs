@@ -145,6 +145,22 @@ pub(crate) fn status_value(
         ("source".into(), symbols.source.value(e.source.as_str())?),
         ("occurred_at".into(), timestamp(&e.occurred_at)),
         ("metadata".into(), string_map(&e.metadata)),
+        (
+            "schedule_status".into(),
+            optional(e.schedule_status.as_deref().map(string)),
+        ),
+        (
+            "command".into(),
+            optional(e.command.as_ref().map(|c| {
+                Value::Record(vec![
+                    ("command_id".into(), string(&c.command_id)),
+                    ("command".into(), string(&c.command)),
+                    ("outcome".into(), string(&c.outcome)),
+                    ("reason".into(), optional(c.reason.as_deref().map(string))),
+                    ("detail".into(), optional(c.detail.as_deref().map(string))),
+                ])
+            })),
+        ),
     ]))
 }
 
@@ -309,6 +325,14 @@ mod tests {
             source: StatusSource::Callback,
             occurred_at: "2026-11-29T06:02:32.123456789Z".parse().unwrap(),
             metadata: BTreeMap::from([("crm".into(), "42".into())]),
+            schedule_status: None,
+            command: Some(crate::domain::CommandOutcome {
+                command_id: "c-1".into(),
+                command: "resume_run".into(),
+                outcome: "accepted".into(),
+                reason: Some("ops ticket 12".into()),
+                detail: None,
+            }),
         }
     }
 

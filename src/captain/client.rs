@@ -207,6 +207,20 @@ impl CaptainClient {
         .await
     }
 
+    /// `GET /schedules/{schedule_uid}`: one schedule, with its state.
+    pub async fn get_schedule(&self, schedule_uid: &str) -> Result<Schedule, SubmitError> {
+        let schedule_uid = identifier("schedule_uid", schedule_uid)?;
+        self.call(Call {
+            method: Method::GET,
+            path: format!("/schedules/{schedule_uid}"),
+            query: Vec::new(),
+            body: None,
+            endpoint: "get_schedule",
+            mode: RateMode::Api,
+        })
+        .await
+    }
+
     /// `POST /runs/{run_uid}/resume`: restarts a blocked or stopped run.
     pub async fn resume_run(&self, run_uid: &str) -> Result<Run, SubmitError> {
         let run_uid = identifier("run_uid", run_uid)?;
@@ -230,12 +244,18 @@ impl CaptainClient {
     /// An empty `statuses` means every status.
     pub async fn list_callbacks(
         &self,
-        run_uid: &str,
+        run_uids: &[&str],
         statuses: &[CallbackDeliveryStatus],
         offset: u32,
     ) -> Result<Vec<CallbackRecord>, SubmitError> {
-        let run_uid = identifier("run_uid", run_uid)?;
-        let mut query = vec![("run_uid".to_owned(), run_uid.to_owned())];
+        // `run_uid` is an array filter: one call audits many runs.
+        let mut query = Vec::with_capacity(run_uids.len() + statuses.len() + 2);
+        for run_uid in run_uids {
+            query.push((
+                "run_uid".to_owned(),
+                identifier("run_uid", run_uid)?.to_owned(),
+            ));
+        }
         // Array filters are repeated keys (OpenAPI form + explode).
         query.extend(
             statuses
@@ -784,7 +804,7 @@ mod tests {
             .unwrap();
         let replay = client.replay_callback("cb-1").await.unwrap();
         let failed = client
-            .list_callbacks("run-1", &[CallbackDeliveryStatus::Failed], 0)
+            .list_callbacks(&["run-1"], &[CallbackDeliveryStatus::Failed], 0)
             .await
             .unwrap();
         let resumed = client.resume_run("run-1").await.unwrap();

@@ -70,6 +70,8 @@ impl RequestInfo {
             source,
             occurred_at: at,
             metadata: self.metadata.clone(),
+            schedule_status: None,
+            command: None,
         }
     }
 }
@@ -176,10 +178,13 @@ pub struct CallbackEffects {
 /// Records a callback in `state`: its batch (for duplicate detection, the last
 /// `dedupe_window` batches of the run), its results count, and the run's status when it moves
 /// forward. A callback proves its chunk's submission, even if the submit answer was never seen.
+/// With `hold_final`, a final status is not published here: it waits in the run for the
+/// reconciler's audit of the run's deliveries (see `domain::reconcile`).
 pub fn apply_callback(
     state: &mut RunState,
     facts: &CallbackFacts<'_>,
     dedupe_window: usize,
+    hold_final: bool,
     now: DateTime<Utc>,
 ) -> CallbackEffects {
     let info = RequestInfo {
@@ -199,7 +204,19 @@ pub fn apply_callback(
     run.last_seen = Some(now);
     let previous = run.status;
     let mut effects = Effects::default();
-    if transition(previous, facts.status) == Transition::Publish {
+    let publish = transition(previous, facts.status) == Transition::Publish;
+    if publish && hold_final && facts.status.is_terminal() {
+        if run.pending_final.is_none() {
+            run.pending_final = Some(super::records::PendingFinal {
+                status: facts.status,
+                error: facts.error.cloned(),
+                source: StatusSource::Callback,
+                at: now,
+            });
+            run.first_seen.get_or_insert(now);
+            effects.open_runs = i64::from(previous.is_none());
+        }
+    } else if publish {
         let mut event = info.event(facts.chunk, facts.status, StatusSource::Callback, now);
         event.run_uid = Some(facts.run_uid.to_owned());
         event.schedule_uid = schedule_uid;
@@ -227,13 +244,14 @@ fn open_runs_delta(previous: Option<RunStatus>, next: RunStatus) -> i64 {
     }
 }
 
-/// Runs of `state` that are known and not final.
+/// Runs of `state` that are known and not final (a final status waiting for its audit is not
+/// final yet).
 pub fn open_runs(state: &RunState) -> usize {
     state
         .chunks
         .iter()
         .flat_map(|c| c.runs.values())
-        .filter(|r| r.status.is_some_and(|s| !s.is_terminal()))
+        .filter(|r| r.is_open())
         .count()
 }
 
@@ -348,6 +366,7 @@ mod tests {
             &mut s,
             &callback(0, "u1", "b1", RunStatus::Running),
             8,
+            false,
             now(),
         );
         let late = apply_submission(&mut s, &info(), 0, run("u1"), now());
@@ -408,7 +427,7 @@ mod tests {
         ];
         let mut s = state(1);
         for (i, (facts, duplicate, status, delta)) in steps.iter().enumerate() {
-            let out = apply_callback(&mut s, facts, 8, now());
+            let out = apply_callback(&mut s, facts, 8, false, now());
             assert_eq!(out.duplicate, *duplicate, "step {i}: duplicate");
             assert_eq!(
                 out.effects.status.as_ref().map(|e| e.status),
@@ -434,7 +453,7 @@ mod tests {
             error: Some(&error),
             ..callback(0, "u1", "b9", RunStatus::Failed)
         };
-        let out = apply_callback(&mut s, &facts, 8, now());
+        let out = apply_callback(&mut s, &facts, 8, false, now());
         let event = out.effects.status.unwrap();
         assert_eq!(event.previous_status, Some(RunStatus::Created));
         assert_eq!(event.source, StatusSource::Callback);
@@ -449,11 +468,55 @@ mod tests {
             &mut s,
             &callback(1, "u2", "b1", RunStatus::Running),
             8,
+            false,
             now(),
         );
         assert!(s.chunks[1].submitted);
         assert_eq!(s.chunks[1].run_uid.as_deref(), Some("u2"));
         assert_eq!(plan_launch(Some(&s), 2), LaunchPlan::Submit(vec![0]));
+    }
+
+    #[test]
+    fn with_held_finals_a_final_callback_waits_for_the_audit_and_later_pages_still_publish() {
+        let mut s = state(1);
+        apply_callback(
+            &mut s,
+            &callback(0, "u1", "b1", RunStatus::Running),
+            8,
+            true,
+            now(),
+        );
+        let last = apply_callback(
+            &mut s,
+            &callback(0, "u1", "b2", RunStatus::Succeeded),
+            8,
+            true,
+            now(),
+        );
+        assert_eq!(last.effects, Effects::default(), "held, not published");
+        assert!(!last.duplicate, "its results are published");
+        let run = &s.chunks[0].runs["u1"];
+        assert_eq!(run.status, Some(RunStatus::Running));
+        assert_eq!(
+            run.pending_final.as_ref().map(|p| p.status),
+            Some(RunStatus::Succeeded)
+        );
+        assert_eq!(
+            open_runs(&s),
+            1,
+            "waiting for its audit, the run is still open"
+        );
+        let late = apply_callback(
+            &mut s,
+            &callback(0, "u1", "b0", RunStatus::Running),
+            8,
+            true,
+            now(),
+        );
+        assert!(
+            !late.duplicate && late.effects.status.is_none(),
+            "a late page: results only"
+        );
     }
 
     #[test]
@@ -477,6 +540,7 @@ mod tests {
                 &mut s,
                 &callback(0, run_uid, run_uid, RunStatus::Running),
                 8,
+                false,
                 now(),
             );
             let event = out.effects.status.unwrap();

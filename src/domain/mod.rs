@@ -2,7 +2,9 @@
 //! validation, run statuses and their state machine, the records published downstream, and
 //! the decisions that turn a request's state and one input into what to publish.
 
+pub mod control;
 pub mod decide;
+pub mod reconcile;
 pub mod records;
 pub mod request;
 pub mod status;
@@ -12,8 +14,8 @@ pub use decide::{
     LaunchPlan, RequestInfo, Submission,
 };
 pub use records::{
-    ChunkState, RunResult, RunResultRef, RunState, RunStatusEvent, RunTrack, StatusError,
-    StatusSource,
+    ChunkState, CommandOutcome, PendingFinal, RunResult, RunResultRef, RunState, RunStatusEvent,
+    RunTrack, StatusError, StatusSource,
 };
 pub use request::{LaunchRequest, Mode, RejectClass, RejectedContext, Rejection};
 pub use status::{transition, RunStatus, Transition};

@@ -16,6 +16,9 @@ pub enum StatusSource {
     Submit,
     Callback,
     Poll,
+    Live,
+    Webhook,
+    Control,
     Bridge,
 }
 
@@ -26,6 +29,9 @@ impl StatusSource {
             StatusSource::Submit => "submit",
             StatusSource::Callback => "callback",
             StatusSource::Poll => "poll",
+            StatusSource::Live => "live",
+            StatusSource::Webhook => "webhook",
+            StatusSource::Control => "control",
             StatusSource::Bridge => "bridge",
         }
     }
@@ -55,6 +61,28 @@ pub struct RunStatusEvent {
     pub source: StatusSource,
     pub occurred_at: DateTime<Utc>,
     pub metadata: BTreeMap<String, String>,
+    /// A schedule's own state (`ACTIVE`, `PAUSED`, `CANCELLED`, `COMPLETED`) on the events
+    /// of a schedule chunk that reflect it (run_uid null); null otherwise.
+    pub schedule_status: Option<String>,
+    /// The control command this event answers (`source: control`); null otherwise.
+    pub command: Option<CommandOutcome>,
+}
+
+/// What became of a control command: on the event it produced, whether it changed a status
+/// or not (then `status` repeats the current one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandOutcome {
+    pub command_id: String,
+    pub command: String,
+    /// `accepted` (the API took it) or `refused` (the reason is in the event's `error`).
+    pub outcome: String,
+    /// The command's `reason`, echoed.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// What was done, when there is more to say than the status (replays requested, runs
+    /// polled).
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 /// One result item of one callback batch.
@@ -109,6 +137,10 @@ pub struct RunState {
     pub metadata: BTreeMap<String, String>,
     pub chunks: Vec<ChunkState>,
     pub updated_at: DateTime<Utc>,
+    /// Control commands already executed (their command_id), most recent last, bounded: a
+    /// redelivered command is not executed twice.
+    #[serde(default)]
+    pub commands: VecDeque<String>,
 }
 
 /// One chunk of a request: one async run, or one schedule (whose firings are runs).
@@ -123,6 +155,12 @@ pub struct ChunkState {
     pub status: Option<RunStatus>,
     /// Runs of this chunk by run_uid (one for async; one per firing for schedules).
     pub runs: BTreeMap<String, RunTrack>,
+    /// The schedule's own state as last published (`ACTIVE`, `PAUSED`, ...), and when the
+    /// reconciler last asked for it.
+    #[serde(default)]
+    pub schedule_status: Option<String>,
+    #[serde(default)]
+    pub schedule_checked_at: Option<DateTime<Utc>>,
 }
 
 /// One run's published status and the batches already published for it.
@@ -136,9 +174,40 @@ pub struct RunTrack {
     /// When the bridge last heard of the run (submission answer or callback).
     #[serde(default)]
     pub last_seen: Option<DateTime<Utc>>,
+    /// A final status reported (by a callback or a poll) and not published yet: it waits for
+    /// the audit of the run's deliveries, so that it can say which pages were lost.
+    #[serde(default)]
+    pub pending_final: Option<PendingFinal>,
+    /// When the reconciler last looked at the run (poll or audit).
+    #[serde(default)]
+    pub checked_at: Option<DateTime<Utc>>,
+    /// Replays requested, by the callback_uid of the original delivery.
+    #[serde(default)]
+    pub replays: BTreeMap<String, u8>,
+    /// Batches whose delivery was replayed and has not arrived yet.
+    #[serde(default)]
+    pub replayed_batches: std::collections::BTreeSet<String>,
+}
+
+/// A final status waiting for the delivery audit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingFinal {
+    pub status: RunStatus,
+    pub error: Option<StatusError>,
+    pub source: StatusSource,
+    pub at: DateTime<Utc>,
 }
 
 impl RunTrack {
+    /// Known and not final: a status is published and it is not final, or a final status
+    /// waits for its audit.
+    pub fn is_open(&self) -> bool {
+        match self.status {
+            Some(s) => !s.is_terminal(),
+            None => self.pending_final.is_some(),
+        }
+    }
+
     pub fn has_batch(&self, batch_uid: &str) -> bool {
         self.batches.iter().any(|b| b == batch_uid)
     }
@@ -175,6 +244,7 @@ impl RunState {
                 })
                 .collect(),
             updated_at: Utc::now(),
+            commands: VecDeque::new(),
         }
     }
 
@@ -244,6 +314,8 @@ mod tests {
             source: StatusSource::Bridge,
             occurred_at: Utc::now(),
             metadata: BTreeMap::new(),
+            schedule_status: None,
+            command: None,
         };
         let v = serde_json::to_value(&e).unwrap();
         for key in [
@@ -305,6 +377,8 @@ mod tests {
             source: StatusSource::Callback,
             occurred_at: Utc::now(),
             metadata: BTreeMap::new(),
+            schedule_status: None,
+            command: None,
         };
         assert_eq!(
             json_fields(&event),

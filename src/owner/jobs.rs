@@ -4,8 +4,10 @@
 //! owner applies the outcomes to the request's state in its transaction.
 
 use crate::captain::{AsyncRunBody, CallbackTarget, CaptainClient, ScheduleRunBody, SubmitError};
+use crate::domain::reconcile::Delivery;
 use crate::domain::request::{self, LaunchRequest, Mode};
 use crate::domain::{StatusError, Submission};
+use crate::owner::reconcile::{CheckFailure, Polled, RunRef};
 use crate::token::{self, CallbackClaims, TokenKeys};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
@@ -44,12 +46,56 @@ pub enum JobMessage {
     },
     /// Every chunk the job was given has an outcome (or the job stopped).
     Done { request_id: String, partition: i32 },
+    /// A reconcile check: the run polled (when asked) and its deliveries in flight or failed.
+    Checked {
+        run: RunRef,
+        polled: Option<Result<Polled, CheckFailure>>,
+        deliveries: Result<Vec<Delivery>, CheckFailure>,
+    },
+    /// A control command's job: its answers (boxed: the largest variant by far).
+    Commanded(Box<crate::owner::control::CommandDone>),
+    /// A batch audit: each run's deliveries in flight or failed.
+    Audited {
+        checked: Vec<(RunRef, Result<Vec<Delivery>, CheckFailure>)>,
+    },
+    /// Replays asked for (original callback_uid and its batch), and originals the API
+    /// refuses to replay again.
+    Replayed {
+        run: RunRef,
+        requested: Vec<(String, Option<String>)>,
+        exhausted: Vec<String>,
+    },
+    /// A schedule's state (`ACTIVE`, `PAUSED`, `CANCELLED`, `COMPLETED`).
+    ScheduleChecked {
+        request_id: String,
+        partition: i32,
+        chunk: u32,
+        status: Result<String, String>,
+    },
 }
 
 impl JobMessage {
+    /// A report of the reconciler's checks (applied, or dropped when the partition is not
+    /// owned: its owner checks again).
+    pub fn is_reconcile(&self) -> bool {
+        matches!(
+            self,
+            JobMessage::Checked { .. }
+                | JobMessage::Audited { .. }
+                | JobMessage::Replayed { .. }
+                | JobMessage::ScheduleChecked { .. }
+        )
+    }
+
     pub fn partition(&self) -> i32 {
         match self {
-            JobMessage::Chunk { partition, .. } | JobMessage::Done { partition, .. } => *partition,
+            JobMessage::Chunk { partition, .. }
+            | JobMessage::Done { partition, .. }
+            | JobMessage::ScheduleChecked { partition, .. } => *partition,
+            JobMessage::Checked { run, .. } | JobMessage::Replayed { run, .. } => run.partition,
+            JobMessage::Commanded(done) => done.partition,
+            // A batch may span the owner's partitions: reconcile reports are not routed by it.
+            JobMessage::Audited { checked } => checked.first().map_or(-1, |(run, _)| run.partition),
         }
     }
 }
@@ -62,7 +108,7 @@ pub struct JobReports {
 }
 
 impl JobReports {
-    fn send(&self, message: JobMessage) {
+    pub(crate) fn send(&self, message: JobMessage) {
         // The owner outlives its jobs; a send after it stopped changes nothing.
         let _ = self.tx.send(message);
         self.wake.notify_one();

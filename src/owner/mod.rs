@@ -12,10 +12,13 @@
 //! The loop: records in, job reports in, restores done, commit on the interval; the rebalance
 //! callbacks (run inside the consumer's `recv`) commit what is done before partitions leave.
 
+pub mod control;
 mod core;
 pub mod jobs;
+pub mod reconcile;
 pub mod restore;
 
+pub use self::core::ReconcileConfig;
 use self::core::{Core, CoreConfig, CoreParts};
 use crate::kafka::stats::{CommittedOffsets, LagRecorder};
 use crate::kafka::{
@@ -148,6 +151,8 @@ pub struct PartitionOwner {
     markers: Arc<RecordProducer>,
     pause: Arc<PauseControl>,
     metrics: Metrics,
+    /// How often runs are looked at by the reconciler (`None`: it is off).
+    reconcile_tick: Option<Duration>,
 }
 
 impl PartitionOwner {
@@ -223,7 +228,21 @@ impl PartitionOwner {
             markers,
             pause,
             metrics,
+            reconcile_tick: None,
         })
+    }
+
+    /// Gives the owner its API calls for control commands, and with `config` turns the
+    /// reconciler on: the runs of owned partitions are polled, audited, replayed and timed out
+    /// (see `core::reconcile`).
+    pub fn with_reconciler(
+        mut self,
+        config: Option<ReconcileConfig>,
+        reconciler: Arc<reconcile::Reconciler>,
+    ) -> Self {
+        self.reconcile_tick = config.as_ref().map(|c| c.tick);
+        lock(&self.core).set_reconciler(config, reconciler);
+        self
     }
 
     /// Runs until `stop` is cancelled, then stops taking records, waits up to the drain
@@ -233,6 +252,9 @@ impl PartitionOwner {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut restores: JoinSet<RestoreDone> = JoinSet::new();
         let mut paused: HashSet<TopicPartition> = HashSet::new();
+        let mut reconcile =
+            tokio::time::interval(self.reconcile_tick.unwrap_or(Duration::from_secs(3600)));
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             self.start_restores(&mut restores);
             self.apply_pauses(&mut paused, false);
@@ -244,6 +266,9 @@ impl PartitionOwner {
                     self.restored(done, &mut paused).await;
                 }
                 _ = tick.tick() => self.commit(),
+                _ = reconcile.tick(), if self.reconcile_tick.is_some() => {
+                    lock(&self.core).reconcile_tick(chrono::Utc::now());
+                }
                 received = self.consumer.recv() => match received {
                     Ok(m) => {
                         let record = InboundRecord::from_message(&m);

@@ -39,6 +39,8 @@ pub fn status_event(request_id: &str) -> RunStatusEvent {
             ("crm".into(), "42".into()),
             ("team".into(), "growth".into()),
         ]),
+        schedule_status: None,
+        command: None,
     }
 }
 

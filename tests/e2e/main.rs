@@ -9,7 +9,9 @@ mod cooldown;
 mod crash;
 mod dead_letter;
 mod flow;
+mod ledger;
 mod outage;
+mod ownership;
 mod rate_limit;
 mod scaling;
 
@@ -19,6 +21,7 @@ pub use captain_testkit::{metrics, BridgeProcess, SimProcess, Topics};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A simulator whose runs all succeed quickly: `max_results` results per input, in pages of 2.
 pub fn fast_sim_config(extra: &str) -> String {
@@ -233,4 +236,34 @@ pub fn request_ids(records: &[Read]) -> HashSet<String> {
         .iter()
         .map(|r| r.json()["request_id"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Waits until the consumer group has `n` members with an assignment (a stable group).
+pub fn await_group_members(bootstrap: &str, group: &str, n: usize) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = probe
+            .fetch_group_list(Some(group), Duration::from_secs(5))
+            .unwrap();
+        let ready = list.groups().iter().any(|g| {
+            g.state() == "Stable"
+                && g.members().len() == n
+                && g.members()
+                    .iter()
+                    .all(|m| m.assignment().is_some_and(|a| !a.is_empty()))
+        });
+        if ready {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group {group} never had {n} members"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -12,36 +12,6 @@ fn callbacks_accepted(metrics: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until the consumer group has `n` members with an assignment (a stable group).
-fn await_group_members(bootstrap: &str, group: &str, n: usize) {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let probe: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let list = probe
-            .fetch_group_list(Some(group), Duration::from_secs(5))
-            .unwrap();
-        let ready = list.groups().iter().any(|g| {
-            g.state() == "Stable"
-                && g.members().len() == n
-                && g.members()
-                    .iter()
-                    .all(|m| m.assignment().is_some_and(|a| !a.is_empty()))
-        });
-        if ready {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "group {group} never had {n} members"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_stream_and_one_leaving_loses_nothing() {
     const REQUESTS: usize = 300;

@@ -131,7 +131,9 @@ fn assign_from_beginning<C: Consumer>(consumer: &C, topic: &str) -> anyhow::Resu
     Ok(())
 }
 
-fn reader_config(bootstrap: &str) -> ClientConfig {
+/// A whole-topic reader's config: its own group (never committed), from the beginning,
+/// `read_committed`.
+pub fn reader_config(bootstrap: &str) -> ClientConfig {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", bootstrap)
         .set(
@@ -192,6 +194,19 @@ impl Collector {
     /// A collector of `topic` (panics if the broker cannot be reached: for tests).
     pub fn new(bootstrap: &str, topic: &str) -> Self {
         Self::try_new(bootstrap, topic).unwrap_or_else(|e| panic!("collector of {topic}: {e:#}"))
+    }
+
+    /// A collector with another reader config (e.g. `read_uncommitted`).
+    pub fn with_config(config: &ClientConfig, topic: &str) -> Self {
+        let consumer: BaseConsumer = config
+            .create()
+            .unwrap_or_else(|e| panic!("collector of {topic}: {e}"));
+        assign_from_beginning(&consumer, topic)
+            .unwrap_or_else(|e| panic!("collector of {topic}: {e:#}"));
+        Self {
+            consumer,
+            records: Vec::new(),
+        }
     }
 
     pub fn try_new(bootstrap: &str, topic: &str) -> anyhow::Result<Self> {

@@ -101,7 +101,20 @@ impl Core {
             error: payload.error.as_ref(),
             results: payload.results.len(),
         };
-        let out = apply_callback(state, &facts, self.config.dedupe_window, received_at);
+        let replayed = state
+            .chunks
+            .iter()
+            .find(|c| c.index == chunk)
+            .and_then(|c| c.runs.get(facts.run_uid))
+            .is_some_and(|r| r.replayed_batches.contains(facts.batch_uid));
+        let hold = self.reconcile.is_some();
+        let out = apply_callback(state, &facts, self.config.dedupe_window, hold, received_at);
+        if replayed {
+            self.metrics.reconcile.replays_received.inc();
+            if let Some(run) = state.chunk_mut(chunk).runs.get_mut(facts.run_uid) {
+                run.replayed_batches.remove(facts.batch_uid);
+            }
+        }
         owned.open_runs += out.effects.open_runs;
         self.metrics.runs_in_flight.add(out.effects.open_runs);
         let mut outputs = Vec::with_capacity(payload.results.len() + 1);

@@ -97,6 +97,12 @@ impl Core {
 
     pub(super) fn on_job_message(&mut self, message: JobMessage) {
         let p = message.partition();
+        if let JobMessage::Commanded(done) = message {
+            return self.on_commanded(*done);
+        }
+        if message.is_reconcile() {
+            return self.on_reconcile_message(message);
+        }
         if !self.owned.contains_key(&p) {
             let may_come = self.assigned.as_ref().is_none_or(|a| a.contains(&p));
             if may_come {
@@ -131,6 +137,7 @@ impl Core {
                 self.release(&request_id);
                 self.start_waiting();
             }
+            other => self.on_reconcile_message(other),
         }
     }
 

@@ -11,7 +11,11 @@
 //! consuming again from the committed offsets.
 
 mod callback;
+mod control;
 mod launch;
+mod reconcile;
+
+pub use reconcile::ReconcileConfig;
 
 use super::jobs::{JobMessage, JobReports, Submitter};
 use crate::avro::EncodeError;
@@ -24,7 +28,7 @@ use crate::publish::{Origin, RecordBuilder};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,6 +107,15 @@ pub struct Core {
     received: Vec<DateTime<Utc>>,
     stopping: bool,
     committed: Arc<CommittedOffsets>,
+    /// The reconciler, when on; the runs and schedules it is checking.
+    reconcile: Option<ReconcileConfig>,
+    reconciler: Option<Arc<crate::owner::reconcile::Reconciler>>,
+    checking: HashSet<crate::owner::reconcile::RunRef>,
+    schedules_checking: HashSet<(i32, String, u32)>,
+    /// Control commands being executed: (request_id, command_id).
+    commands_running: HashSet<(String, String)>,
+    /// Reconcile jobs started and not yet reported (`reconcile.max_in_flight` bounds it).
+    reconcile_calls: usize,
 }
 
 /// Parts the core is built from.
@@ -146,6 +159,12 @@ impl Core {
             received: Vec::new(),
             stopping: false,
             committed: parts.committed,
+            reconcile: None,
+            reconciler: None,
+            checking: HashSet::new(),
+            schedules_checking: HashSet::new(),
+            reconcile_calls: 0,
+            commands_running: HashSet::new(),
         }
     }
 
@@ -303,6 +322,10 @@ impl Core {
             }
         }
         self.received.clear();
+        // Checks in flight for them report to nobody; the next owner checks again.
+        self.checking.retain(|r| !partitions.contains(&r.partition));
+        self.schedules_checking
+            .retain(|(p, _, _)| !partitions.contains(p));
     }
 
     /// After an aborted transaction: drops everything the transaction held, and restores
@@ -346,6 +369,8 @@ impl Core {
         self.trackers.track(&tp, record.offset);
         if record.topic == self.config.callbacks_topic {
             self.on_callback(record);
+        } else if is_control(&record) {
+            self.on_control(record);
         } else {
             self.on_launch(record);
         }
@@ -396,6 +421,17 @@ impl Core {
         if let Err(e) = self.producer.send(record) {
             tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "record not enqueued in the transaction");
             self.producer.poison();
+        }
+    }
+
+    /// Enqueues a status record, or, when it cannot be encoded, does what
+    /// [`Core::encode_failed`] says.
+    fn send_status(&mut self, event: &crate::domain::RunStatusEvent, what: &str) {
+        match self.records.status(event) {
+            Ok(record) => self.send(&record),
+            Err(e) => {
+                self.encode_failed(&e, what);
+            }
         }
     }
 
@@ -565,4 +601,12 @@ fn header(record: &InboundRecord, name: &str) -> Option<String> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A control command forwarded by the router (launches have no kind header, or `launch`).
+fn is_control(record: &InboundRecord) -> bool {
+    record
+        .headers
+        .iter()
+        .any(|(k, v)| k == crate::publish::H_KIND && v == crate::publish::KIND_CONTROL)
 }
