@@ -579,6 +579,58 @@ async fn avro_and_json_launch_requests_share_the_topic_and_each_undecodable_one_
         );
         assert_eq!(counted, Some(1.0), "{class}");
     }
+
+    // The control topic reads Avro the same way: a command in Avro reaches the owner (here
+    // about a request this deployment never saw: refused on the status topic, source control),
+    // and one with an unknown writer schema id is dead-lettered with its class.
+    let control = Contract::get().unwrap().schema(RecordKind::ControlCommand);
+    let control_id = reader
+        .register(
+            &format!("{}-value", stack.topics.control),
+            &control.registration_text,
+        )
+        .await;
+    let command = Avro::try_from(json!({
+        "command_id": "cmd-avro-1", "command": "reconcile_now", "request_id": "nobody-here",
+        "run_uid": null, "schedule_uid": null, "reason": "checked from Avro",
+    }))
+    .and_then(|v| v.resolve(&control.schema))
+    .expect("the command fits the schema");
+    let mut good_command = vec![0];
+    good_command.extend_from_slice(&control_id.to_be_bytes());
+    GenericDatumWriter::builder(&control.schema)
+        .build()
+        .unwrap()
+        .write_value_ref(&mut good_command, &command)
+        .unwrap();
+    let mut unknown_command = good_command.clone();
+    unknown_command[1..5].copy_from_slice(&2_000_000_001u32.to_be_bytes());
+    produce_one(&stack.bootstrap, &stack.topics.control, "nobody-here", &good_command).await;
+    produce_one(&stack.bootstrap, &stack.topics.control, "bad-command", &unknown_command).await;
+    status.until(Duration::from_secs(60), "the Avro command's answer", |r| {
+        r.iter().map(Read::json).any(|e| e["request_id"] == "nobody-here")
+    });
+    let answer = status
+        .records
+        .iter()
+        .map(Read::json)
+        .find(|e| e["request_id"] == "nobody-here")
+        .unwrap();
+    assert_eq!(answer["source"], "control", "{answer}");
+    assert_eq!(answer["command"]["command_id"], "cmd-avro-1", "{answer}");
+    assert_eq!(answer["command"]["reason"], "checked from Avro", "{answer}");
+    assert_eq!(answer["command"]["outcome"], "refused", "{answer}");
+    dead.until(Duration::from_secs(30), "the undecodable command", |r| {
+        r.iter().any(|r| r.key.as_deref() == Some("bad-command"))
+    });
+    let letter = dead
+        .records
+        .iter()
+        .find(|r| r.key.as_deref() == Some("bad-command"))
+        .unwrap();
+    assert_eq!(letter.headers["captain.error.class"], "unknown_schema_id");
+    assert_eq!(letter.headers["captain.source.topic"], stack.topics.control.as_str());
+    assert_eq!(letter.value.as_deref(), Some(&unknown_command[..]));
 }
 
 /// A signed callback for `request_id` (chunk 0) with `results` items, as the platform posts it.
