@@ -111,6 +111,7 @@ impl Application {
                     .map(|(name, secret)| (name.to_string(), secret.clone())),
                 async_max_inputs: settings.captain.async_max_inputs,
                 schedule_max_inputs: settings.captain.schedule_max_inputs,
+                token_ttl: settings.callbacks.token_ttl,
             },
         });
         let instance = uuid::Uuid::new_v4().simple().to_string();

@@ -225,6 +225,11 @@ pub struct CallbackSettings {
     pub retry_after: Duration,
     /// Batches remembered per run for duplicate detection.
     pub dedupe_window: usize,
+    /// How long an async run's callback token is accepted after submission (a callback, a
+    /// platform retry or a replay after it gets 401). Schedule tokens do not expire: every
+    /// firing calls back with the schedule's token.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
     /// Ignored, kept so that configurations written for earlier versions still load: a
     /// callback that overtakes its submit answer now waits in its partition's owner, which
     /// applies the answer first.
@@ -250,6 +255,7 @@ impl Default for CallbackSettings {
             ack_timeout: Duration::from_secs(10),
             retry_after: Duration::from_secs(5),
             dedupe_window: 512,
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
             submit_wait: None,
         }
     }
@@ -619,6 +625,12 @@ impl Settings {
             return Err(invalid("callbacks.max_results", "must be at least 1"));
         }
         let r = &self.reconcile;
+        if r.enabled && self.callbacks.token_ttl <= r.run_deadline {
+            return Err(invalid(
+                "callbacks.token_ttl",
+                "must be longer than reconcile.run_deadline: replays of a run's deliveries call back with its token",
+            ));
+        }
         if !(r.max_rate_share > 0.0 && r.max_rate_share <= 1.0) {
             return Err(invalid(
                 "reconcile.max_rate_share",
@@ -945,6 +957,19 @@ mod tests {
         let s = Settings::load_from(None, e).unwrap();
         assert!(s.secrets.registry.token.is_some());
         assert!(!format!("{s:?}").contains("t0ken-value"));
+    }
+
+    #[test]
+    fn the_readmes_configuration_block_is_the_shipped_example_verbatim() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example =
+            std::fs::read_to_string(root.join("deploy/captain-bridge.example.toml")).unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let block = format!("```toml\n{}\n```\n", example.trim_end());
+        assert!(
+            readme.contains(&block),
+            "README.md's Configuration block must equal deploy/captain-bridge.example.toml"
+        );
     }
 
     #[test]

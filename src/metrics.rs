@@ -65,6 +65,9 @@ pub struct Metrics {
     /// Callbacks received, by outcome (`accepted`, `duplicate`, `unauthorized`, `malformed`,
     /// `too_large`, `unavailable`).
     pub callbacks: IntCounterVec,
+    /// Callbacks accepted at the endpoint that the owner refused: a valid token of an async
+    /// chunk carried with another run than the chunk's (dead-lettered, nothing published).
+    pub callbacks_foreign_run: IntCounter,
     /// Time from a callback's arrival to Kafka's acknowledgement of all its records.
     pub callback_ack_duration: Histogram,
     /// Records acknowledged by Kafka, by topic role (`status`, `results`, `dead_letter`, `state`).
@@ -217,6 +220,14 @@ impl ReconcileMetrics {
         for kind in RECONCILE_ERROR_KINDS {
             m.errors.with_label_values(&[kind]);
         }
+        for command in crate::domain::control::Command::ALL {
+            for outcome in ["accepted", "refused", "duplicate"] {
+                m.control_commands
+                    .with_label_values(&[command.as_str(), outcome]);
+            }
+        }
+        m.control_commands
+            .with_label_values(&["unreadable", "malformed"]);
         Ok(m)
     }
 }
@@ -269,6 +280,10 @@ impl Metrics {
             &["topic"],
         )?;
         let runs_in_flight = IntGauge::new("runs_in_flight", "Submitted runs not yet final")?;
+        let callbacks_foreign_run = IntCounter::new(
+            "callbacks_foreign_run_total",
+            "Callbacks refused by the owner: an async chunk's token with another run",
+        )?;
         let launches_in_flight =
             IntGauge::new("launches_in_flight", "Launch requests being processed")?;
 
@@ -454,6 +469,7 @@ impl Metrics {
         registry.register(Box::new(records_produced.clone()))?;
         registry.register(Box::new(produce_errors.clone()))?;
         registry.register(Box::new(runs_in_flight.clone()))?;
+        registry.register(Box::new(callbacks_foreign_run.clone()))?;
         registry.register(Box::new(launches_in_flight.clone()))?;
         registry.register(Box::new(limiter_cooldown_seconds.clone()))?;
         registry.register(Box::new(limiter_permitted_rate.clone()))?;
@@ -484,6 +500,7 @@ impl Metrics {
             records_produced,
             produce_errors,
             runs_in_flight,
+            callbacks_foreign_run,
             launches_in_flight,
             launch_paused_for_cooldown,
             limiter_cooldown_seconds,

@@ -32,6 +32,11 @@ pub struct CallbackClaims {
     /// Which chunk of the request the run carries (0 when the request was not split).
     #[serde(rename = "c")]
     pub chunk: u32,
+    /// Unix seconds after which the token is refused (`None`: never). Async runs' tokens
+    /// expire (`callbacks.token_ttl`); a schedule's token cannot, since every firing is a new
+    /// run calling back with it. Tokens signed before expiry existed carry none.
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
 }
 
 /// Why a token was refused. Every variant means 401; they differ in logs only.
@@ -44,6 +49,9 @@ pub enum TokenError {
     UnknownKey(String),
     #[error("bad token signature")]
     BadSignature,
+    /// Signed by us, but past its `expires_at`.
+    #[error("token expired at {0} (unix seconds)")]
+    Expired(i64),
 }
 
 impl TokenError {
@@ -58,6 +66,7 @@ impl TokenError {
             TokenError::Malformed(_) => "malformed",
             TokenError::UnknownKey(_) => "unknown_key",
             TokenError::BadSignature => "bad_signature",
+            TokenError::Expired(_) => "expired",
         }
     }
 }
@@ -211,7 +220,12 @@ impl TokenKeys {
         let json = URL_SAFE_NO_PAD
             .decode(claims)
             .map_err(|_| TokenError::Malformed("claims are not base64url"))?;
-        serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("claims are not valid"))
+        let claims: CallbackClaims = serde_json::from_slice(&json)
+            .map_err(|_| TokenError::Malformed("claims are not valid"))?;
+        match claims.expires_at {
+            Some(at) if chrono::Utc::now().timestamp() > at => Err(TokenError::Expired(at)),
+            _ => Ok(claims),
+        }
     }
 }
 
@@ -289,6 +303,7 @@ mod tests {
         CallbackClaims {
             request_id: "orders-3-1042".into(),
             chunk: 2,
+            expires_at: None,
         }
     }
 
@@ -409,5 +424,24 @@ mod tests {
             callback_url("https://b.example/", "v1.k.x.y"),
             "https://b.example/callbacks/v1.k.x.y"
         );
+    }
+
+    #[test]
+    fn a_token_past_its_expiry_is_refused_and_one_without_expiry_never_expires() {
+        let keys = keys("k1");
+        let past = CallbackClaims {
+            expires_at: Some(chrono::Utc::now().timestamp() - 1),
+            ..claims()
+        };
+        assert!(matches!(
+            keys.verify(&keys.sign(&past)),
+            Err(TokenError::Expired(_))
+        ));
+        let future = CallbackClaims {
+            expires_at: Some(chrono::Utc::now().timestamp() + 60),
+            ..claims()
+        };
+        assert_eq!(keys.verify(&keys.sign(&future)), Ok(future));
+        assert_eq!(keys.verify(&keys.sign(&claims())), Ok(claims()));
     }
 }

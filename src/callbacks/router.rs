@@ -302,6 +302,7 @@ mod tests {
             self.keys.sign(&CallbackClaims {
                 request_id: "req-1".into(),
                 chunk: 0,
+                expires_at: None,
             })
         }
 
@@ -389,6 +390,7 @@ mod tests {
             .sign(&CallbackClaims {
                 request_id: "req-1".into(),
                 chunk: 0,
+                expires_at: None,
             });
 
         let (status, _, body) = f

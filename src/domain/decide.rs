@@ -175,6 +175,29 @@ pub struct CallbackEffects {
     pub effects: Effects,
 }
 
+/// Whether a callback for `run_uid` may belong to `chunk` of this request. A token binds a
+/// request's chunk, not its run (the callback URL is handed over before the run exists): an
+/// async chunk has one run, so once its run_uid is known (from the submit answer, or the
+/// first callback when the answer was lost) another run_uid with its token is refused. A
+/// schedule chunk gets a new run per firing, so any run_uid is taken.
+pub fn callback_belongs(state: &RunState, chunk: u32, run_uid: &str) -> Result<(), String> {
+    if state.mode != Mode::Async {
+        return Ok(());
+    }
+    match state
+        .chunks
+        .iter()
+        .find(|c| c.index == chunk)
+        .and_then(|c| c.run_uid.as_deref())
+    {
+        Some(known) if known != run_uid => Err(format!(
+            "callback for run {run_uid} with the token of request {} chunk {chunk}, whose run is {known}",
+            state.request_id
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Records a callback in `state`: its batch (for duplicate detection, the last
 /// `dedupe_window` batches of the run), its results count, and the run's status when it moves
 /// forward. A callback proves its chunk's submission, even if the submit answer was never seen.
@@ -552,5 +575,20 @@ mod tests {
             "a schedule chunk has no single run"
         );
         assert_eq!(open_runs(&s), 2);
+    }
+
+    #[test]
+    fn an_async_chunks_token_is_refused_for_another_run_once_its_run_is_known() {
+        let mut s = state(1);
+        assert!(callback_belongs(&s, 0, "u1").is_ok(), "run not known yet");
+        s.chunks[0].run_uid = Some("u1".into());
+        assert!(callback_belongs(&s, 0, "u1").is_ok());
+        let e = callback_belongs(&s, 0, "invented").unwrap_err();
+        assert!(e.contains("invented") && e.contains("u1"), "{e}");
+        s.mode = Mode::Schedule;
+        assert!(
+            callback_belongs(&s, 0, "firing-2").is_ok(),
+            "every firing of a schedule is a new run"
+        );
     }
 }

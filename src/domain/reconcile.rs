@@ -314,8 +314,15 @@ pub fn finalize(
         (false, _) => Some((
             "MISSING_BATCHES",
             format!(
-                "{} result page(s) could not be recovered (every delivery and replay failed): {}",
+                "{} {} could not be recovered (every delivery and replay failed): {}",
                 lost.len(),
+                // The API's delivery records do not say what a batch carried: when the final
+                // status came by callback, the lost ones are result pages; otherwise one of
+                // them may be the final status callback itself.
+                match pending.source {
+                    StatusSource::Callback => "result page(s)",
+                    _ => "batch(es) (result pages, or the final status callback)",
+                },
                 lost.join(", ")
             ),
         )),

@@ -25,6 +25,8 @@ pub struct SubmitSettings {
     pub header_secret: Option<(String, SecretString)>,
     pub async_max_inputs: usize,
     pub schedule_max_inputs: usize,
+    /// How long an async run's callback token is accepted (`callbacks.token_ttl`).
+    pub token_ttl: std::time::Duration,
 }
 
 /// Starts submission jobs.
@@ -171,9 +173,14 @@ impl Submitter {
         chunk: u32,
         inputs: &[serde_json::Value],
     ) -> Result<Submission, SubmitError> {
+        // An async run calls back for a bounded time; a schedule's firings for as long as it
+        // lives, with this same token.
+        let expires_at = (request.mode == Mode::Async)
+            .then(|| chrono::Utc::now().timestamp() + self.settings.token_ttl.as_secs() as i64);
         let token = self.keys.sign(&CallbackClaims {
             request_id: request.request_id.clone(),
             chunk,
+            expires_at,
         });
         let callback = CallbackTarget {
             url: token::callback_url(&self.settings.public_base_url, &token),

@@ -605,10 +605,24 @@ async fn avro_and_json_launch_requests_share_the_topic_and_each_undecodable_one_
         .unwrap();
     let mut unknown_command = good_command.clone();
     unknown_command[1..5].copy_from_slice(&2_000_000_001u32.to_be_bytes());
-    produce_one(&stack.bootstrap, &stack.topics.control, "nobody-here", &good_command).await;
-    produce_one(&stack.bootstrap, &stack.topics.control, "bad-command", &unknown_command).await;
+    produce_one(
+        &stack.bootstrap,
+        &stack.topics.control,
+        "nobody-here",
+        &good_command,
+    )
+    .await;
+    produce_one(
+        &stack.bootstrap,
+        &stack.topics.control,
+        "bad-command",
+        &unknown_command,
+    )
+    .await;
     status.until(Duration::from_secs(60), "the Avro command's answer", |r| {
-        r.iter().map(Read::json).any(|e| e["request_id"] == "nobody-here")
+        r.iter()
+            .map(Read::json)
+            .any(|e| e["request_id"] == "nobody-here")
     });
     let answer = status
         .records
@@ -629,7 +643,10 @@ async fn avro_and_json_launch_requests_share_the_topic_and_each_undecodable_one_
         .find(|r| r.key.as_deref() == Some("bad-command"))
         .unwrap();
     assert_eq!(letter.headers["captain.error.class"], "unknown_schema_id");
-    assert_eq!(letter.headers["captain.source.topic"], stack.topics.control.as_str());
+    assert_eq!(
+        letter.headers["captain.source.topic"],
+        stack.topics.control.as_str()
+    );
     assert_eq!(letter.value.as_deref(), Some(&unknown_command[..]));
 }
 

@@ -11,6 +11,7 @@ fn claims(request_id: &str) -> CallbackClaims {
     CallbackClaims {
         request_id: request_id.to_owned(),
         chunk: 0,
+        expires_at: None,
     }
 }
 
@@ -206,4 +207,62 @@ async fn duplicated_and_out_of_order_deliveries_produce_no_duplicate_records_or_
         let succeeded = events.iter().filter(|e| e["status"] == "SUCCEEDED").count();
         assert_eq!(succeeded, 1, "{id}: {events:#?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_token_with_an_invented_run_publishes_nothing_and_an_expired_token_gets_401() {
+    // The run stalls, so the only callbacks for it are the ones this test sends.
+    let sim = fast_sim_config("").replace(
+        "succeeded = 1.0\n",
+        "succeeded = 0.0\nstalled_running = 1.0\n",
+    );
+    let stack = Stack::start("cbbind", &sim, |_| {}).await;
+    stack.produce(&[search_request("bind-1", 1, 2)]).await;
+    let mut status = Collector::new(&stack.bootstrap, &stack.topics.run_status);
+    status.until(Duration::from_secs(30), "CREATED", |r| {
+        r.iter().any(|e| e.json()["status"] == "CREATED")
+    });
+    let keys = TokenKeys::from_config(CALLBACK_KEYS, "k2").unwrap();
+    let url = stack.bridge.callback_url(&keys.sign(&claims("bind-1")));
+    let invented = serde_json::to_vec(&callback_body("invented-run", "b-x", "SUCCEEDED")).unwrap();
+    // The endpoint is stateless: the token is valid, so the callback is taken...
+    assert_eq!(post(&url, invented).await.status(), 200);
+    // ...and refused by the request's owner, which knows the chunk's run.
+    let mut dead = Collector::new(&stack.bootstrap, &stack.topics.dead_letter);
+    dead.until(
+        Duration::from_secs(30),
+        "the invented run dead-lettered",
+        |r| !r.is_empty(),
+    );
+    let reason = &dead.records[0].headers["captain.error.reason"];
+    assert!(reason.contains("invented-run"), "{reason}");
+    status.poll_for(Duration::from_secs(1));
+    let mut results = Collector::new(&stack.bootstrap, &stack.topics.run_results);
+    results.poll_for(Duration::from_millis(500));
+    assert!(
+        status
+            .records
+            .iter()
+            .all(|e| e.json()["run_uid"] != "invented-run"),
+        "no status for the invented run"
+    );
+    assert!(results.records.is_empty(), "no result for the invented run");
+    let metrics = stack.metrics().await;
+    assert_eq!(
+        metric(&metrics, "captain_bridge_callbacks_foreign_run_total"),
+        Some(1.0)
+    );
+
+    let expired = keys.sign(&CallbackClaims {
+        request_id: "bind-1".into(),
+        chunk: 0,
+        expires_at: Some(chrono::Utc::now().timestamp() - 1),
+    });
+    let body = serde_json::to_vec(&callback_body("any", "b-y", "RUNNING")).unwrap();
+    assert_eq!(
+        post(&stack.bridge.callback_url(&expired), body)
+            .await
+            .status(),
+        401
+    );
 }

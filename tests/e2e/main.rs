@@ -13,6 +13,7 @@ mod ledger;
 mod outage;
 mod ownership;
 mod rate_limit;
+mod reconcile;
 mod scaling;
 
 pub use captain_bridge::config::Settings;

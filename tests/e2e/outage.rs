@@ -41,6 +41,7 @@ async fn a_callback_arriving_while_kafka_is_frozen_gets_503_and_is_published_onc
     let token = keys.sign(&CallbackClaims {
         request_id: "outage-1".into(),
         chunk: 0,
+        expires_at: None,
     });
     let url = stack.bridge.callback_url(&token);
     let http = reqwest::Client::builder()

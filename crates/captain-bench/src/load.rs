@@ -72,6 +72,7 @@ impl CallbackLoad {
                 let token = keys.sign(&CallbackClaims {
                     request_id: request_id.clone(),
                     chunk: 0,
+                    expires_at: None,
                 });
                 (token, run_uid.clone())
             })

@@ -77,6 +77,11 @@ impl SimProcess {
         })
     }
 
+    /// The simulator's root URL (its `/_sim/...` endpoints live there).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The API base handed to the bridge (`.../v4`).
     pub fn api_base(&self) -> String {
         format!("{}/v4", self.base)

@@ -3,6 +3,7 @@
 //! the body as it arrived), a status transition and a state change.
 
 use super::{header, Core};
+use crate::domain::decide::callback_belongs;
 use crate::domain::request::Mode;
 use crate::domain::{apply_callback, CallbackFacts, RunResult, RunResultRef, RunState};
 use crate::intake::CallbackPayload;
@@ -93,6 +94,11 @@ impl Core {
             );
             RunState::new(request_id, "", Mode::Async, Default::default(), 0)
         });
+        if let Err(reason) = callback_belongs(state, chunk, payload.run.run_uid) {
+            // A valid token replayed with another run: refused, with a trace for operators.
+            self.metrics.callbacks_foreign_run.inc();
+            return self.dead_letter(record, reason);
+        }
         let facts = CallbackFacts {
             chunk,
             run_uid: payload.run.run_uid,
