@@ -657,6 +657,7 @@ fn callback(bridge: &BridgeProcess, request_id: &str, results: usize) -> (String
     let token = keys.sign(&CallbackClaims {
         request_id: request_id.to_owned(),
         chunk: 0,
+        expires_at: None,
     });
     let items: Vec<Value> = (0..results)
         .map(|i| json!({"full_name": format!("ghost {i}")}))
