@@ -266,7 +266,7 @@ impl RecordEncoder {
 
 /// Whether attempt `n` of a wait is logged above debug: the first three, then one in ten.
 pub(crate) fn loud(n: u32) -> bool {
-    n <= 3 || n % 10 == 0
+    n <= 3 || n.is_multiple_of(10)
 }
 
 fn json<T: serde::Serialize>(role: &'static str, value: &T) -> Result<Vec<u8>, EncodeError> {
