@@ -5,6 +5,7 @@
 //! owner drains its submissions in flight within the deadline and commits), stop accepting
 //! callbacks, flush the producer.
 
+use crate::avro::{Codec, RecordEncoder};
 use crate::callbacks::{self, CallbackState, Readiness};
 use crate::captain::{AdaptiveLimiter, CaptainClient, ClientConfig, RateMode, RetryPolicy};
 use crate::config::{Settings, RECORD_HEADROOM};
@@ -45,6 +46,8 @@ pub struct Application {
     limiter: Arc<AdaptiveLimiter>,
     /// `POST /webhooks/v3`, when v3 is enabled.
     webhooks: Option<crate::workflows::WebhookState>,
+    /// Output values' encoder: asks the registry until every Avro writer id is known.
+    encoder: Arc<RecordEncoder>,
 }
 
 impl Application {
@@ -84,8 +87,14 @@ impl Application {
         }
         let partitions = co_partitioned(&settings, &access).await?;
         let dead_letter_max = topic_limit(&access, &k.topics.dead_letter).await;
-        let records = RecordBuilder::new(k.topics.clone(), partitions)
+        let codec = Codec::start(&settings, &metrics)
+            .await
+            .context("setting up the Avro codec")?;
+        let mut records = RecordBuilder::new(k.topics.clone(), partitions)
             .with_dead_letter_limit(dead_letter_max);
+        if codec.encoder.any_avro() {
+            records = records.with_encoder(codec.encoder.clone());
+        }
         let producer_config = producer_config(&settings);
         let producer = Arc::new(
             RecordProducer::new(&producer_config, metrics.clone())
@@ -154,6 +163,7 @@ impl Application {
                 consumer_properties: consumer_properties(&settings),
             },
             records.clone(),
+            codec.decoder.clone(),
             metrics.clone(),
         )
         .context("creating the launch router")?;
@@ -235,6 +245,7 @@ impl Application {
             callback_state,
             limiter,
             webhooks,
+            encoder: codec.encoder,
         })
     }
 
@@ -266,6 +277,7 @@ impl Application {
             callback_state,
             limiter,
             webhooks,
+            encoder,
         } = self;
 
         let ops_stop = CancellationToken::new();
@@ -301,6 +313,8 @@ impl Application {
             settings.captain.rate_limit.pause_consumer_after,
             consume_stop.clone(),
         ));
+        let warm_stop = consume_stop.clone();
+        tokio::spawn(async move { encoder.keep_warm(warm_stop).await });
         let mut routing = tokio::spawn(router.run(consume_stop.clone()));
         let mut owning = tokio::spawn(owner.run(consume_stop.clone()));
         readiness.set_ready(true);

@@ -58,6 +58,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// v3 workflows (`mode: "workflow"`, `POST /webhooks/v3`); off by default.
     pub v3: crate::workflows::V3Settings,
+    /// The Confluent-compatible schema registry of the Avro topics (`kafka.formats`).
+    pub schema_registry: crate::avro::SchemaRegistrySettings,
     /// Secrets, read from the environment or files, never from the config file itself.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -72,6 +74,8 @@ pub struct KafkaSettings {
     pub group_id: String,
     pub client_id: String,
     pub topics: TopicSettings,
+    /// The value format of each output topic (`json`, the default, or `avro`).
+    pub formats: crate::avro::OutputFormats,
     /// Create missing topics at start-up (the runs topic compacted).
     pub create_topics: bool,
     /// Partitions and replication of topics the bridge creates.
@@ -106,6 +110,7 @@ impl Default for KafkaSettings {
             group_id: "captain-bridge".into(),
             client_id: "captain-bridge".into(),
             topics: TopicSettings::default(),
+            formats: crate::avro::OutputFormats::default(),
             create_topics: true,
             partitions: 6,
             replication_factor: 1,
@@ -450,6 +455,8 @@ pub struct Secrets {
     pub api_key: Option<SecretString>,
     pub callback_keys: Option<SecretString>,
     pub callback_header_secret: Option<SecretString>,
+    /// The schema registry's basic-auth password or bearer token.
+    pub registry: crate::avro::RegistrySecrets,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -462,6 +469,7 @@ impl std::fmt::Debug for Secrets {
                 "callback_header_secret",
                 &shown(&self.callback_header_secret),
             )
+            .field("registry", &self.registry)
             .finish()
     }
 }
@@ -504,6 +512,7 @@ impl Settings {
         ]
         .into_iter()
         .chain(crate::workflows::settings::SECRET_KEYS)
+        .chain(crate::avro::settings::SECRET_KEYS)
         {
             if figment.find_value(key).is_ok() {
                 return Err(invalid(
@@ -561,6 +570,7 @@ impl Settings {
                 settings.callbacks.header_secret_file.as_deref(),
                 "callbacks.header_secret_file",
             )?,
+            registry: crate::avro::RegistrySecrets::load(&settings.schema_registry, lookup)?,
         };
         settings
             .v3
@@ -708,6 +718,7 @@ impl Settings {
                  5s: a transaction stays open that long",
             ));
         }
+        self.schema_registry.validate(&self.kafka.formats)?;
         if self.callbacks.dedupe_window == 0 {
             return Err(invalid("callbacks.dedupe_window", "must be at least 1"));
         }
@@ -977,6 +988,45 @@ mod tests {
             serde_json::to_value(&defaults).unwrap(),
             "deploy/captain-bridge.example.toml must list every key with its default"
         );
+    }
+
+    #[test]
+    fn an_avro_output_topic_without_a_registry_names_both_keys() {
+        let mut e = with_secrets();
+        e.push((
+            "CAPTAIN_BRIDGE_KAFKA__FORMATS__RUN_RESULTS".into(),
+            "avro".into(),
+        ));
+        let err = Settings::load_from(None, e.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("schema_registry.url:"), "{err}");
+        assert!(err.contains("kafka.formats.run_results"), "{err}");
+        e.push((
+            "CAPTAIN_BRIDGE_SCHEMA_REGISTRY__URL".into(),
+            "http://127.0.0.1:8081".into(),
+        ));
+        let s = Settings::load_from(None, e).unwrap();
+        assert_eq!(s.kafka.formats.run_results, crate::avro::Format::Avro);
+        assert_eq!(s.kafka.formats.run_status, crate::avro::Format::Json);
+    }
+
+    #[test]
+    fn a_registry_secret_in_the_file_is_refused_and_one_in_the_environment_is_read() {
+        let f = file("[schema_registry]\ntoken = \"oops\"\n", "toml");
+        let err = Settings::load_from(Some(f.path()), with_secrets()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("schema_registry.token:"),
+            "{err}"
+        );
+        let mut e = with_secrets();
+        e.push((
+            crate::avro::settings::ENV_REGISTRY_TOKEN.into(),
+            "t0ken-value".into(),
+        ));
+        let s = Settings::load_from(None, e).unwrap();
+        assert!(s.secrets.registry.token.is_some());
+        assert!(!format!("{s:?}").contains("t0ken-value"));
     }
 
     #[test]

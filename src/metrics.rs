@@ -48,6 +48,9 @@ const TOPIC_ROLES: &[&str] = &[
     "callbacks",
 ];
 
+/// `part` values of `schema_registry_waiting`.
+pub const REGISTRY_WAITING_PARTS: &[&str] = &["outputs", "launch_router"];
+
 /// The bridge's metrics. Cheap to clone (every field is an `Arc` inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -126,6 +129,10 @@ pub struct Metrics {
     pub registry_request_duration: HistogramVec,
     /// Schema registry requests that failed, by operation and class.
     pub registry_request_failures: IntCounterVec,
+    /// 1 while records wait for the schema registry, by `part`: `outputs` (an output topic's
+    /// writer schema id is not known yet: the owners hold their partitions) and
+    /// `launch_router` (an Avro launch record's writer schema cannot be fetched yet).
+    pub schema_registry_waiting: IntGaugeVec,
     /// 1 while `/readyz` answers ready, 0 otherwise; set at each scrape of `/metrics`.
     pub ready: IntGauge,
     /// Consumer lag in records, by topic, summed over the partitions this instance fetches
@@ -428,6 +435,17 @@ impl Metrics {
             ),
             &["operation", "class"],
         )?;
+        let schema_registry_waiting = IntGaugeVec::new(
+            Opts::new(
+                "schema_registry_waiting",
+                "1 while records wait for the schema registry, by part (outputs, launch_router)",
+            ),
+            &["part"],
+        )?;
+        for part in REGISTRY_WAITING_PARTS {
+            schema_registry_waiting.with_label_values(&[part]);
+        }
+        registry.register(Box::new(schema_registry_waiting.clone()))?;
         registry.register(Box::new(avro_encode_errors.clone()))?;
         registry.register(Box::new(avro_decode_errors.clone()))?;
         registry.register(Box::new(registry_request_duration.clone()))?;
@@ -533,6 +551,7 @@ impl Metrics {
             avro_decode_errors,
             registry_request_duration,
             registry_request_failures,
+            schema_registry_waiting,
             ready,
             consumer_lag,
             live_pages,

@@ -1,12 +1,17 @@
-//! Domain events to Kafka records: which topic, which key, which partition, which headers.
-//! Every output is keyed by request_id so one request's story stays ordered on one partition;
-//! the internal topics (requests, callbacks, run state) are written to the partition the key's
-//! owner reads, computed here once.
+//! Domain events to Kafka records: which topic, which key, which partition, which headers,
+//! and the value's format. Every output is keyed by request_id so one request's story stays
+//! ordered on one partition; the internal topics (requests, callbacks, run state) are written
+//! to the partition the key's owner reads, computed here once, and stay JSON. The status and
+//! results topics are JSON, or Avro in the Confluent wire format when an encoder says so
+//! ([`RecordBuilder::with_encoder`]): their builders then fail, retriably, while a writer
+//! schema id is not known yet, and the caller keeps the event for later.
 
+use crate::avro::{EncodeError, RecordEncoder};
 use crate::config::TopicSettings;
 use crate::domain::control::ControlCommand;
 use crate::domain::{LaunchRequest, Rejection, RunResultRef, RunState, RunStatusEvent};
 use crate::kafka::{partition_for_key, OutRecord};
+use std::sync::Arc;
 
 /// Dead-letter headers: why the record was refused, and where it came from.
 pub const H_ERROR_CLASS: &str = "captain.error.class";
@@ -31,6 +36,8 @@ pub struct RecordBuilder {
     partitions: i32,
     /// Largest record the dead-letter topic takes (its `max.message.bytes`).
     dead_letter_max: usize,
+    /// The status and results values' encoder; `None`: JSON.
+    encoder: Option<Arc<RecordEncoder>>,
 }
 
 /// Where a rejected record came from.
@@ -49,7 +56,25 @@ impl RecordBuilder {
             topics,
             partitions,
             dead_letter_max: 1_000_000,
+            encoder: None,
         }
+    }
+
+    /// Status and result values encoded by `encoder` (each topic in its configured format).
+    pub fn with_encoder(mut self, encoder: Arc<RecordEncoder>) -> Self {
+        self.encoder = Some(encoder);
+        self
+    }
+
+    /// True when every output record can be built now: JSON everywhere, or every Avro topic's
+    /// writer schema id known (then it stays so for the life of the process).
+    pub fn outputs_ready(&self) -> bool {
+        self.encoder.as_ref().is_none_or(|e| e.ready())
+    }
+
+    /// As [`RecordBuilder::outputs_ready`], for status records alone.
+    pub fn status_ready(&self) -> bool {
+        self.encoder.as_ref().is_none_or(|e| e.status_ready())
     }
 
     /// The dead-letter topic's record size limit, as read from the cluster at start-up.
@@ -64,18 +89,22 @@ impl RecordBuilder {
     }
 
     /// A result record whose open JSON parts are copied from the callback as they arrived.
-    pub fn result_ref(&self, result: &RunResultRef<'_>) -> OutRecord {
-        OutRecord {
+    pub fn result_ref(&self, result: &RunResultRef<'_>) -> Result<OutRecord, EncodeError> {
+        let payload = match &self.encoder {
+            Some(encoder) => encoder.result_ref_now(result)?,
+            None => json_bytes(result),
+        };
+        Ok(OutRecord {
             topic: self.topics.run_results.clone(),
             role: "results",
             key: Some(result.request_id.as_bytes().to_vec()),
-            payload: Some(json_bytes(result)),
+            payload: Some(payload),
             headers: vec![(
                 "captain.result_id".into(),
                 result.result_id.clone().into_bytes(),
             )],
             partition: None,
-        }
+        })
     }
 
     /// A request's run state, on the run-state partition its owner reads.
@@ -147,15 +176,20 @@ impl RecordBuilder {
         &self.topics
     }
 
-    pub fn status(&self, event: &RunStatusEvent) -> OutRecord {
-        OutRecord {
+    /// A status record.
+    pub fn status(&self, event: &RunStatusEvent) -> Result<OutRecord, EncodeError> {
+        let payload = match &self.encoder {
+            Some(encoder) => encoder.status_now(event)?,
+            None => json_bytes(event),
+        };
+        Ok(OutRecord {
             topic: self.topics.run_status.clone(),
             role: "status",
             key: Some(event.request_id.as_bytes().to_vec()),
-            payload: Some(json_bytes(event)),
+            payload: Some(payload),
             headers: Vec::new(),
             partition: None,
-        }
+        })
     }
 
     /// The original key and bytes, untouched, with the reason and origin in headers (the

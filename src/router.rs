@@ -9,10 +9,22 @@
 //! abort the records since the last commit are redone one transaction each; the one whose
 //! transaction fails again is dead-lettered with its value cut to fit, or, if even that is
 //! refused, skipped with an error log and a metric, never retried forever.
+//!
+//! Records are JSON or Avro on the same topic, decoded through one entry point
+//! ([`RecordDecoder::decode_launch`]); an undecodable Avro record is dead-lettered with its
+//! class like any invalid request. A record that needs the schema registry while it does not
+//! answer (an Avro writer schema not fetched yet, or a `REJECTED` status whose Avro writer
+//! schema id is not known yet) is the registry's problem, not the record's: it is held, the
+//! launch partitions are paused (the consumer keeps serving the group), and it is tried again
+//! with a backoff; nothing at or after it is committed until it goes through. The same
+//! decoder reads the control topic ([`RecordDecoder::decode_control`]).
 
-use crate::domain::control;
+use crate::avro::{DecodeError, EncodeError, LaunchDecodeError, RecordDecoder, RegistryError};
+use crate::domain::control::{self, ControlCommand};
 use crate::domain::request::{self, derived_request_id, Mode, RejectedContext};
-use crate::domain::{Admission, Rejection, RunStatus, RunStatusEvent, StatusError, StatusSource};
+use crate::domain::{
+    Admission, LaunchRequest, Rejection, RunStatus, RunStatusEvent, StatusError, StatusSource,
+};
 use crate::kafka::stats::{CommittedOffsets, LagRecorder};
 use crate::kafka::{
     InboundRecord, OutRecord, ProducerConfig, TopicPartition, TxnError, TxnProducer,
@@ -28,9 +40,9 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// The router's settings. The app maps its configuration onto this.
@@ -65,6 +77,28 @@ pub enum RouterError {
     Fatal(String),
 }
 
+/// First and longest wait before a record held for the schema registry is tried again.
+const REGISTRY_RETRY_MIN: Duration = Duration::from_millis(500);
+const REGISTRY_RETRY_MAX: Duration = Duration::from_secs(5);
+/// The `part` label of `captain_bridge_schema_registry_waiting` for held launch records.
+const WAITING_PART: &str = "launch_router";
+
+/// Why a record is held: the schema registry must answer first.
+#[derive(Debug)]
+struct Wait {
+    /// `decode` (its writer schema) or `encode` (its `REJECTED` status's writer schema id).
+    stage: &'static str,
+    error: RegistryError,
+}
+
+/// Records held for the schema registry, and when to try again.
+struct Waiting {
+    since: Instant,
+    attempts: u32,
+    delay: Duration,
+    next: tokio::time::Instant,
+}
+
 /// The router's transaction and positions, shared with the rebalance callbacks.
 struct RouterCore {
     producer: TxnProducer,
@@ -84,6 +118,11 @@ struct RouterCore {
     /// redone after an abort is counted once, like its outputs.
     pending_routed: u64,
     pending_rejected: u64,
+    /// Records received and not routed because the registry must answer first, in order
+    /// (the oldest first); bounded by the consumer's prefetch, since the partitions are
+    /// paused while it is not empty.
+    held: VecDeque<InboundRecord>,
+    waiting: Option<Waiting>,
 }
 
 fn lock(core: &Mutex<RouterCore>) -> MutexGuard<'_, RouterCore> {
@@ -102,14 +141,28 @@ impl RouterCore {
         }
     }
 
-    /// The records one launch or control record becomes.
-    fn route(&self, record: &InboundRecord) -> Vec<OutRecord> {
-        if record.topic == self.control_topic {
-            return self.route_control(record);
-        }
+    /// The records one launch record becomes, given what its value decoded to; `Wait` when
+    /// they cannot be built before the schema registry answers.
+    fn route(
+        &self,
+        record: &InboundRecord,
+        decoded: Result<LaunchRequest, LaunchDecodeError>,
+    ) -> Result<Vec<OutRecord>, Wait> {
         let fallback = derived_request_id(&record.topic, record.partition, record.offset);
-        let payload = record.payload.as_deref().unwrap_or_default();
-        match request::parse_json(payload, &fallback).and_then(|r| self.admission.admit(r)) {
+        // What the record asked for, if it decoded, must also be admitted (mode auto resolved,
+        // live limits, a mode this bridge can serve).
+        let decoded = decoded.and_then(|request| {
+            let context = RejectedContext {
+                request_id: Some(request.request_id.clone()),
+                action: Some(request.action.clone()),
+                mode: Some(request.mode),
+                metadata: request.metadata.clone(),
+            };
+            self.admission
+                .admit(request)
+                .map_err(|rejection| LaunchDecodeError::Rejected { rejection, context })
+        });
+        match decoded {
             Ok(request) => {
                 let out = self.records.launch(&request, &Self::origin(record));
                 let size = out.payload.as_ref().map_or(0, Vec::len);
@@ -121,19 +174,34 @@ impl RouterCore {
                             self.max_request_bytes
                         ),
                     };
-                    return self.reject(record, &rejection, &fallback);
+                    let context = RejectedContext {
+                        request_id: Some(request.request_id),
+                        action: Some(request.action),
+                        mode: Some(request.mode),
+                        metadata: request.metadata,
+                    };
+                    return self.reject(record, &rejection, context, &fallback);
                 }
-                vec![out]
+                Ok(vec![out])
             }
-            Err(rejection) => self.reject(record, &rejection, &fallback),
+            Err(LaunchDecodeError::Rejected { rejection, context }) => {
+                self.reject(record, &rejection, context, &fallback)
+            }
+            Err(LaunchDecodeError::Registry(error)) => Err(Wait {
+                stage: "decode",
+                error,
+            }),
         }
     }
 
     /// A control command goes to its request's owner; a malformed one to the dead-letter
     /// topic, with the same headers as a rejected launch (there is no run to give a status).
-    fn route_control(&self, record: &InboundRecord) -> Vec<OutRecord> {
-        let payload = record.payload.as_deref().unwrap_or_default();
-        match control::parse_json(payload) {
+    fn route_control(
+        &self,
+        record: &InboundRecord,
+        decoded: Result<ControlCommand, Rejection>,
+    ) -> Vec<OutRecord> {
+        match decoded {
             Ok(command) => vec![self.records.control(&command, &Self::origin(record))],
             Err(rejection) => {
                 let key = record.key.as_deref().map(String::from_utf8_lossy);
@@ -155,24 +223,23 @@ impl RouterCore {
         }
     }
 
-    /// Dead-letter record and `REJECTED` status.
+    /// Dead-letter record and `REJECTED` status (keyed and labelled by `context`, what could
+    /// be read of the record).
     fn reject(
         &self,
         record: &InboundRecord,
         rejection: &Rejection,
+        context: RejectedContext,
         fallback: &str,
-    ) -> Vec<OutRecord> {
-        let ctx = RejectedContext::from_bytes(record.payload.as_deref().unwrap_or_default());
-        let request_id = ctx.request_id.unwrap_or_else(|| fallback.to_owned());
-        tracing::warn!(%request_id, class = rejection.class.as_str(), reason = %rejection.message,
-            partition = record.partition, offset = record.offset, "launch request rejected");
+    ) -> Result<Vec<OutRecord>, Wait> {
+        let request_id = context.request_id.unwrap_or_else(|| fallback.to_owned());
         let event = RunStatusEvent {
             request_id: request_id.clone(),
             run_uid: None,
             schedule_uid: None,
             chunk: 0,
-            action: ctx.action.unwrap_or_default(),
-            mode: ctx.mode.unwrap_or(Mode::Async),
+            action: context.action.unwrap_or_default(),
+            mode: context.mode.unwrap_or(Mode::Async),
             status: RunStatus::Rejected,
             previous_status: None,
             error: Some(StatusError {
@@ -183,21 +250,41 @@ impl RouterCore {
             }),
             source: StatusSource::Bridge,
             occurred_at: Utc::now(),
-            metadata: ctx.metadata,
+            metadata: context.metadata,
             provider_status: None,
             input_errors: None,
             schedule_status: None,
             command: None,
         };
-        vec![
-            self.records
-                .dead_letter(&Self::origin(record), rejection, &request_id),
-            self.records.status(&event),
-        ]
+        let status = match self.records.status(&event) {
+            Ok(status) => Some(status),
+            Err(EncodeError::Registry(error)) => {
+                return Err(Wait {
+                    stage: "encode",
+                    error,
+                })
+            }
+            Err(e @ EncodeError::Value { .. }) => {
+                // Permanent: the dead letter alone still says why, and is never held back.
+                tracing::error!(%request_id, error = %e, "REJECTED status cannot be encoded; dead-lettering without it");
+                None
+            }
+        };
+        tracing::warn!(%request_id, class = rejection.class.as_str(), reason = %rejection.message,
+            partition = record.partition, offset = record.offset, "launch request rejected");
+        let mut out = vec![self
+            .records
+            .dead_letter(&Self::origin(record), rejection, &request_id)];
+        out.extend(status);
+        Ok(out)
     }
 
     /// Counts what `out` (the records `record` became) says, until the transaction ends.
-    fn count(&mut self, out: &[OutRecord]) {
+    fn count(&mut self, record: &InboundRecord, out: &[OutRecord]) {
+        if record.topic == self.control_topic {
+            // Control commands have their own metric.
+            return;
+        }
         if out.iter().any(|r| r.role == "dead_letter") {
             self.pending_rejected += 1;
         } else {
@@ -256,6 +343,17 @@ impl RouterCore {
         Ok(())
     }
 
+    /// Forgets the held records (revoked, or to be read again after a rewind).
+    fn stop_waiting(&mut self) {
+        self.held.clear();
+        if self.waiting.take().is_some() {
+            self.metrics
+                .schema_registry_waiting
+                .with_label_values(&[WAITING_PART])
+                .set(0);
+        }
+    }
+
     fn isolating(&self, record: &InboundRecord) -> bool {
         self.isolate_below
             .get(&TopicPartition::new(record.topic.clone(), record.partition))
@@ -301,6 +399,14 @@ impl ConsumerContext for RouterContext {
                     core.committed.forget(e.topic(), e.partition());
                 }
                 core.advanced = false;
+                if !core.held.is_empty() {
+                    // Never committed: whoever owns the partitions next reads them again.
+                    tracing::info!(
+                        records = core.held.len(),
+                        "launch records waiting for the schema registry left with their partitions"
+                    );
+                }
+                core.stop_waiting();
             });
             tracing::info!(partitions = tpl.count(), lost, "launch partitions revoked");
         }
@@ -320,6 +426,7 @@ pub struct LaunchRouter {
     config: RouterConfig,
     consumer: Arc<RouterConsumer>,
     core: Arc<Mutex<RouterCore>>,
+    decoder: Arc<RecordDecoder>,
     metrics: Metrics,
 }
 
@@ -341,6 +448,7 @@ impl LaunchRouter {
     pub fn new(
         config: RouterConfig,
         records: RecordBuilder,
+        decoder: Arc<RecordDecoder>,
         metrics: Metrics,
     ) -> Result<Self, RouterError> {
         let producer = new_producer(&config, &metrics).map_err(RouterError::Producer)?;
@@ -358,6 +466,8 @@ impl LaunchRouter {
             committed: committed.clone(),
             pending_routed: 0,
             pending_rejected: 0,
+            held: VecDeque::new(),
+            waiting: None,
         }));
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &config.bootstrap)
@@ -388,6 +498,7 @@ impl LaunchRouter {
             config,
             consumer: Arc::new(consumer),
             core,
+            decoder,
             metrics,
         })
     }
@@ -397,15 +508,17 @@ impl LaunchRouter {
         let mut tick = tokio::time::interval(self.config.commit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
+            let retry_at = lock(&self.core).waiting.as_ref().map(|w| w.next);
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break Ok(()),
                 _ = tick.tick() => self.commit(),
+                () = sleep_until(retry_at), if retry_at.is_some() => self.retry_held().await,
                 received = self.consumer.recv() => match received {
                     Ok(m) => {
                         let record = InboundRecord::from_message(&m);
                         drop(m);
-                        self.handle(&record);
+                        self.handle(record).await;
                     }
                     Err(e) => {
                         if let Some((code, reason)) = self.consumer.client().fatal_error() {
@@ -424,17 +537,49 @@ impl LaunchRouter {
         result
     }
 
-    fn handle(&self, record: &InboundRecord) {
+    async fn handle(&self, record: InboundRecord) {
+        {
+            let mut core = lock(&self.core);
+            if !core.held.is_empty() {
+                // Behind a held record (fetched before the pause): keeps its place in line.
+                core.held.push_back(record);
+                return;
+            }
+        }
+        if let Err((record, wait)) = self.process(record).await {
+            self.hold(record, wait);
+        }
+    }
+
+    /// Decodes and routes one record; gives it back when it must wait for the registry.
+    async fn process(&self, record: InboundRecord) -> Result<(), (InboundRecord, Wait)> {
+        let fallback = derived_request_id(&record.topic, record.partition, record.offset);
+        let payload = record.payload.as_deref().unwrap_or_default();
+        let routed = if record.topic == self.config.control_topic {
+            match self.decode_control(payload).await {
+                Ok(decoded) => Ok(lock(&self.core).route_control(&record, decoded)),
+                Err(wait) => Err(wait),
+            }
+        } else {
+            let decoded = self.decoder.decode_launch(payload, &fallback).await;
+            lock(&self.core).route(&record, decoded)
+        };
+        let out = match routed {
+            Ok(out) => out,
+            Err(wait) => return Err((record, wait)),
+        };
         let mut core = lock(&self.core);
-        let out = core.route(record);
-        if core.isolating(record) {
+        if core.isolating(&record) {
             drop(core);
-            return self.isolated(record, out);
+            return match self.isolated(&record, out) {
+                Ok(()) => Ok(()),
+                Err(wait) => Err((record, wait)),
+            };
         }
         match core.send_all(&out) {
             Ok(()) => {
-                core.count(&out);
-                core.advance(record);
+                core.count(&record, &out);
+                core.advance(&record);
             }
             Err(e) => {
                 drop(core);
@@ -442,27 +587,144 @@ impl LaunchRouter {
                 self.recover(&e);
             }
         }
+        Ok(())
+    }
+
+    /// A control record as a command: JSON as it is, Avro (magic byte 0) through the registry
+    /// and the `ControlCommand` contract, then checked the same way; `Wait` while the writer
+    /// schema cannot be fetched.
+    async fn decode_control(
+        &self,
+        payload: &[u8],
+    ) -> Result<Result<ControlCommand, Rejection>, Wait> {
+        if !matches!(
+            crate::avro::wire::input_format(payload),
+            crate::avro::wire::InputFormat::Avro
+        ) {
+            return Ok(control::parse_json(payload));
+        }
+        match self.decoder.decode_control(payload).await {
+            Ok(value) => Ok(control::parse_json(value.to_string().as_bytes())),
+            Err(DecodeError::Rejected(rejection)) => Ok(Err(rejection)),
+            Err(DecodeError::Registry(error)) => Err(Wait {
+                stage: "decode",
+                error,
+            }),
+        }
+    }
+
+    /// Keeps `record` (first in line) until the registry answers: pauses the launch
+    /// partitions and schedules the next attempt, backing off.
+    fn hold(&self, record: InboundRecord, wait: Wait) {
+        let mut core = lock(&self.core);
+        let (partition, offset) = (record.partition, record.offset);
+        core.held.push_front(record);
+        let now = Instant::now();
+        let waiting = core.waiting.get_or_insert(Waiting {
+            since: now,
+            attempts: 0,
+            delay: REGISTRY_RETRY_MIN / 2,
+            next: tokio::time::Instant::now(),
+        });
+        waiting.attempts += 1;
+        waiting.delay = (waiting.delay * 2).clamp(REGISTRY_RETRY_MIN, REGISTRY_RETRY_MAX);
+        waiting.next = tokio::time::Instant::now() + waiting.delay;
+        let (attempts, retry_in) = (waiting.attempts, waiting.delay);
+        let held = core.held.len();
+        drop(core);
+        let retriable = wait.error.is_retriable();
+        if attempts == 1 {
+            self.metrics
+                .schema_registry_waiting
+                .with_label_values(&[WAITING_PART])
+                .set(1);
+            self.pause_all(true);
+        }
+        if !crate::avro::encode::loud(attempts) {
+            tracing::debug!(stage = wait.stage, error = %wait.error, partition, offset, attempts,
+                "launch record still waits for the schema registry");
+        } else if retriable {
+            tracing::warn!(stage = wait.stage, error = %wait.error, partition, offset, attempts,
+                held, ?retry_in, "launch record waits for the schema registry; launch partitions paused, nothing after it committed");
+        } else {
+            tracing::error!(stage = wait.stage, error = %wait.error, partition, offset, attempts,
+                held, ?retry_in, "the schema registry refuses: launch record held until an operator acts; launch partitions paused");
+        }
+    }
+
+    /// Routes the held records in order, until one must wait again.
+    async fn retry_held(&self) {
+        loop {
+            let Some(record) = lock(&self.core).held.pop_front() else {
+                break;
+            };
+            if let Err((record, wait)) = self.process(record).await {
+                return self.hold(record, wait);
+            }
+        }
+        let waited = {
+            let mut core = lock(&self.core);
+            let waited = core
+                .waiting
+                .as_ref()
+                .map(|w| (w.since.elapsed(), w.attempts));
+            core.stop_waiting();
+            waited
+        };
+        if let Some((waited, attempts)) = waited {
+            self.pause_all(false);
+            tracing::info!(
+                waited_ms = waited.as_millis() as u64,
+                attempts,
+                "schema registry answered; launch routing resumes"
+            );
+        }
+    }
+
+    /// Pauses (or resumes) every assigned launch partition.
+    fn pause_all(&self, pause: bool) {
+        let outcome = self.consumer.assignment().and_then(|tpl| {
+            if pause {
+                self.consumer.pause(&tpl)
+            } else {
+                self.consumer.resume(&tpl)
+            }
+        });
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, pause, "cannot pause or resume the launch partitions");
+        }
     }
 
     /// One record in a transaction of its own, after an abort: if it fails again it is the
-    /// poison, and gets the fallback.
-    fn isolated(&self, record: &InboundRecord, out: Vec<OutRecord>) {
+    /// poison, and gets the fallback (which needs a `REJECTED` status: `Wait` before anything
+    /// is sent if that status cannot be encoded yet).
+    fn isolated(&self, record: &InboundRecord, out: Vec<OutRecord>) -> Result<(), Wait> {
         let Some(group) = self.consumer.group_metadata() else {
-            return;
+            return Ok(());
         };
         let mut core = lock(&self.core);
+        if !core.records.status_ready() {
+            return Err(Wait {
+                stage: "encode",
+                error: RegistryError::Unavailable {
+                    operation: "schema_id",
+                    reason: "the run_status writer schema id is not known yet".into(),
+                },
+            });
+        }
         // Everything before this record is committed: the transaction holds it alone.
         let first = tokio::task::block_in_place(|| core.commit(&group));
         if let Err(e) = first {
             drop(core);
-            return self.recover(&e);
+            self.recover(&e);
+            return Ok(());
         }
         let attempt = core.send_all(&out).map(|()| {
-            core.count(&out);
+            core.count(record, &out);
             core.advance(record);
         });
         let done = attempt.and_then(|()| tokio::task::block_in_place(|| core.commit(&group)));
-        let Err(error) = done else { return };
+        let Err(error) = done else { return Ok(()) };
         tracing::error!(error = %ErrorChain(&error), partition = record.partition, offset = record.offset,
             "launch record refused by Kafka even alone; dead-lettering it with its value cut");
         self.renew_producer(&mut core);
@@ -477,7 +739,15 @@ impl LaunchRouter {
                 message: format!("its outputs were refused by Kafka: {}", ErrorChain(&error)),
             };
             let fallback = derived_request_id(&record.topic, record.partition, record.offset);
-            core.reject(record, &rejection, &fallback)
+            let context =
+                RejectedContext::from_bytes(record.payload.as_deref().unwrap_or_default());
+            core.reject(record, &rejection, context, &fallback)
+                .unwrap_or_else(|wait| {
+                    // Not reached: the status's writer id was known above, and ids are kept.
+                    tracing::error!(error = %wait.error, "REJECTED status not encodable; dead letter alone");
+                    let origin = RouterCore::origin(record);
+                    vec![core.records.dead_letter(&origin, &rejection, &fallback)]
+                })
         };
         if let Some(dl) = minimal.iter_mut().find(|r| r.role == "dead_letter") {
             dl.payload = None;
@@ -491,7 +761,7 @@ impl LaunchRouter {
         let fallback_done = core
             .send_all(&minimal)
             .map(|()| {
-                core.count(&minimal);
+                core.count(record, &minimal);
                 core.advance(record);
             })
             .and_then(|()| tokio::task::block_in_place(|| core.commit(&group)));
@@ -507,6 +777,7 @@ impl LaunchRouter {
                 self.recover(&e);
             }
         }
+        Ok(())
     }
 
     fn commit(&self) {
@@ -562,7 +833,13 @@ impl LaunchRouter {
             core.isolate_below.insert(tp, below);
         }
         core.advanced = false;
+        // Held records are read again from the committed offsets like the rest.
+        let was_waiting = core.waiting.is_some();
+        core.stop_waiting();
         drop(core);
+        if was_waiting {
+            self.pause_all(false);
+        }
         let consumer = self.consumer.clone();
         let rewound = tokio::task::block_in_place(move || -> Result<(), KafkaError> {
             let committed = consumer.committed(Duration::from_secs(10))?;
@@ -580,5 +857,13 @@ impl LaunchRouter {
         if let Err(e) = rewound {
             tracing::error!(error = %e, "router cannot rewind to its committed offsets");
         }
+    }
+}
+
+/// Sleeps until `at` (never, when `None`: the branch using it is disabled then).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

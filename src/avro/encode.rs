@@ -3,25 +3,37 @@
 //! asked of the registry once (registered, looked up, or the latest version) and kept; while
 //! the registry is away, records whose id is known keep being encoded, and the others fail
 //! with a retriable error without piling requests onto the registry.
+//!
+//! Two ways in: the `async` encoders ask the registry when they must; the `_now` encoders,
+//! which the owner and the router call inside their transactions (synchronous code), never
+//! do: they use the id [`RecordEncoder::warm_up`] or [`RecordEncoder::keep_warm`] fetched, and
+//! fail with a retriable error while there is none yet.
 
 use super::contract::{Contract, ContractSchema, RecordKind};
 use super::error::{avro_reason, EncodeError, RegistryError};
 use super::registry::{subject_name, SchemaById, SchemaRegistryClient};
 use super::settings::{Format, OutputFormats, SchemaRegistrySettings};
-use super::values::{result_value, status_value, StatusSymbols, ValueError};
+use super::values::{result_ref_value, result_value, status_value, StatusSymbols, ValueError};
 use super::wire;
 use super::{ROLE_RUN_RESULTS, ROLE_RUN_STATUS};
-use crate::domain::{RunResult, RunStatusEvent};
+use crate::domain::{RunResult, RunResultRef, RunStatusEvent};
 use crate::metrics::Metrics;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// After a failed registry call, callers get the same error without a new request for this
 /// long: during an outage every encode would otherwise wait a full request timeout in turn.
 const FAILURE_HOLD: Duration = Duration::from_secs(1);
+/// [`RecordEncoder::keep_warm`]'s first and longest wait between two attempts: one request
+/// every few seconds is nothing for a registry, and outputs resume soon after it is back.
+const WARM_RETRY_MIN: Duration = Duration::from_millis(500);
+const WARM_RETRY_MAX: Duration = Duration::from_secs(5);
+/// The `part` label of `captain_bridge_schema_registry_waiting` while output ids are missing.
+pub const WAITING_OUTPUTS: &str = "outputs";
 
 /// The topic names the subjects are derived from (TopicNameStrategy).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +146,115 @@ impl RecordEncoder {
         .map_err(|e| self.count(ROLE_RUN_RESULTS, e))
     }
 
+    /// The value of a `run_status` record, with the writer schema id already known (never a
+    /// registry request): a retriable error while it is not.
+    pub fn status_now(&self, event: &RunStatusEvent) -> Result<Vec<u8>, EncodeError> {
+        match &self.status {
+            None => json(ROLE_RUN_STATUS, event),
+            Some(writer) => writer.encode_now(|| {
+                writer
+                    .symbols
+                    .as_ref()
+                    .ok_or_else(|| ValueError("RunStatusEvent symbols are missing".into()))
+                    .and_then(|symbols| status_value(event, symbols))
+            }),
+        }
+        .map_err(|e| self.count(ROLE_RUN_STATUS, e))
+    }
+
+    /// The value of a `run_results` record built from a callback's raw JSON, with the writer
+    /// schema id already known (never a registry request).
+    pub fn result_ref_now(&self, result: &RunResultRef<'_>) -> Result<Vec<u8>, EncodeError> {
+        match &self.results {
+            None => json(ROLE_RUN_RESULTS, result),
+            Some(writer) => writer.encode_now(|| result_ref_value(result)),
+        }
+        .map_err(|e| self.count(ROLE_RUN_RESULTS, e))
+    }
+
+    /// True when every Avro topic's writer schema id is known: the `_now` encoders then never
+    /// fail for want of the registry (ids are kept for the life of the process).
+    pub fn ready(&self) -> bool {
+        [&self.status, &self.results]
+            .into_iter()
+            .flatten()
+            .all(AvroWriter::has_id)
+    }
+
+    /// As [`RecordEncoder::ready`], for the `run_status` topic alone.
+    pub fn status_ready(&self) -> bool {
+        self.status.as_ref().is_none_or(AvroWriter::has_id)
+    }
+
+    /// Whether any output topic is Avro.
+    pub fn any_avro(&self) -> bool {
+        self.status.is_some() || self.results.is_some()
+    }
+
+    /// Fetches the writer schema ids until every Avro topic has one, retrying with a backoff
+    /// (0.5 s doubling to 5 s) while the registry does not answer, and, with
+    /// `use_latest_version`, asks for the latest version again every `latest_cache_ttl`.
+    /// `captain_bridge_schema_registry_waiting{part="outputs"}` is 1 while an id is missing.
+    /// Returns when `stop` is cancelled, or once every id is known and none needs refreshing.
+    pub async fn keep_warm(&self, stop: CancellationToken) {
+        let waiting = self
+            .metrics
+            .schema_registry_waiting
+            .with_label_values(&[WAITING_OUTPUTS]);
+        let mut backoff = WARM_RETRY_MIN;
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.warm_up().await {
+                Ok(()) => {
+                    waiting.set(0);
+                    if failures > 0 {
+                        tracing::info!(attempts = failures + 1,
+                            "schema registry answered: every output schema id is known; outputs flow");
+                    }
+                    failures = 0;
+                    backoff = WARM_RETRY_MIN;
+                    match self.refresh_interval() {
+                        Some(every) => every,
+                        None => return,
+                    }
+                }
+                Err(e) => {
+                    waiting.set(i64::from(!self.ready()));
+                    failures += 1;
+                    if !loud(failures) {
+                        tracing::debug!(error = %e, retry_in = ?backoff, attempts = failures,
+                            "output schema ids still not known");
+                    } else if e.is_retriable() {
+                        tracing::warn!(error = %e, retry_in = ?backoff, attempts = failures,
+                            "output schema ids not known yet; outputs wait in Kafka until the schema registry answers");
+                    } else {
+                        tracing::error!(error = %e, retry_in = ?backoff, attempts = failures,
+                            "the schema registry refuses the output schemas; outputs wait until an operator acts");
+                    }
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(WARM_RETRY_MAX);
+                    wait
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// How often the writer ids must be asked for again (`use_latest_version` only).
+    fn refresh_interval(&self) -> Option<Duration> {
+        [&self.status, &self.results]
+            .into_iter()
+            .flatten()
+            .filter_map(|w| match w.registration {
+                Registration::Latest { ttl } => Some(ttl),
+                _ => None,
+            })
+            .min()
+    }
+
     fn count(&self, role: &'static str, e: EncodeError) -> EncodeError {
         self.metrics
             .avro_encode_errors
@@ -141,6 +262,11 @@ impl RecordEncoder {
             .inc();
         e
     }
+}
+
+/// Whether attempt `n` of a wait is logged above debug: the first three, then one in ten.
+pub(crate) fn loud(n: u32) -> bool {
+    n <= 3 || n.is_multiple_of(10)
 }
 
 fn json<T: serde::Serialize>(role: &'static str, value: &T) -> Result<Vec<u8>, EncodeError> {
@@ -235,6 +361,46 @@ impl AvroWriter {
 
     async fn encode(&self, value: Result<Value, ValueError>) -> Result<Vec<u8>, EncodeError> {
         let id = self.current_id().await?;
+        self.write(&id, value)
+    }
+
+    /// Encodes with the id already known; the value is built only when there is one.
+    fn encode_now(
+        &self,
+        value: impl FnOnce() -> Result<Value, ValueError>,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let id = self.known_id()?;
+        self.write(&id, value())
+    }
+
+    fn has_id(&self) -> bool {
+        self.state().current.is_some()
+    }
+
+    /// The id in hand (a stale "latest" included: `keep_warm` refreshes it), else why there
+    /// is none: the last registry failure, or that none was asked for yet.
+    fn known_id(&self) -> Result<Arc<WriterId>, RegistryError> {
+        let state = self.state();
+        if let Some(id) = &state.current {
+            return Ok(id.clone());
+        }
+        Err(match &state.failure {
+            Some((_, e)) => e.clone(),
+            None => RegistryError::Unavailable {
+                operation: "schema_id",
+                reason: format!(
+                    "the writer schema id of subject {} is not known yet",
+                    self.subject
+                ),
+            },
+        })
+    }
+
+    fn write(
+        &self,
+        id: &WriterId,
+        value: Result<Value, ValueError>,
+    ) -> Result<Vec<u8>, EncodeError> {
         let value_error = |reason: String| EncodeError::Value {
             record: self.role,
             schema_id: id.id,

@@ -9,6 +9,8 @@
 //! - [`encode`]: [`RecordEncoder`], output records to bytes per topic format;
 //! - [`decode`]: [`RecordDecoder`], input records (JSON or Avro) to the JSON shape;
 //! - [`settings`]: `[schema_registry]`, `[kafka.formats]` and the registry's credentials;
+//! - [`setup`]: [`Codec`], the encoder and decoder the app builds from the settings, and
+//!   what an unreachable or refusing registry does at start-up;
 //! - [`error`]: what failed and whether to dead-letter, retry, or stop.
 
 pub mod contract;
@@ -17,6 +19,7 @@ pub mod encode;
 pub mod error;
 pub mod registry;
 pub mod settings;
+pub mod setup;
 pub mod values;
 pub mod wire;
 
@@ -28,6 +31,7 @@ pub use registry::{subject_name, SchemaById, SchemaRegistryClient};
 pub use settings::{
     Format, OutputFormats, RegistrySecrets, SchemaRegistrySettings, SubjectNameStrategy,
 };
+pub use setup::{Codec, CodecSetupError};
 
 /// Metric labels of the topics the codec reads and writes: their keys in `kafka.topics`.
 pub const ROLE_RUN_STATUS: &str = "run_status";

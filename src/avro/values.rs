@@ -6,7 +6,7 @@
 use super::contract::{ContractSchema, RecordKind};
 use crate::domain::request::{reject, RejectClass};
 use crate::domain::strict_json::{self, StrictJsonError};
-use crate::domain::{InputError, Rejection, RunResult, RunStatusEvent, StatusError};
+use crate::domain::{InputError, Rejection, RunResult, RunResultRef, RunStatusEvent, StatusError};
 use apache_avro::types::Value;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value as Json;
@@ -206,6 +206,25 @@ pub(crate) fn result_value(r: &RunResult) -> Result<Value, ValueError> {
         ("result".into(), json_text(&r.result)),
         ("received_at".into(), timestamp(&r.received_at)),
         ("metadata".into(), string_map(&r.metadata)),
+    ]))
+}
+
+/// A [`RunResultRef`] as a value of `RunResult.avsc`: its open JSON parts are already JSON text
+/// (as they arrived in the callback body), so they are copied, never parsed and written again.
+pub(crate) fn result_ref_value(r: &RunResultRef<'_>) -> Result<Value, ValueError> {
+    let text = |raw: &serde_json::value::RawValue| Value::String(raw.get().to_owned());
+    Ok(Value::Record(vec![
+        ("result_id".into(), string(&r.result_id)),
+        ("request_id".into(), string(r.request_id)),
+        ("run_uid".into(), string(r.run_uid)),
+        ("batch_uid".into(), string(r.batch_uid)),
+        ("index".into(), int("index", r.index)?),
+        ("action".into(), string(r.action)),
+        ("input".into(), optional(r.input.map(text))),
+        ("custom_data".into(), optional(r.custom_data.map(text))),
+        ("result".into(), text(r.result)),
+        ("received_at".into(), timestamp(&r.received_at)),
+        ("metadata".into(), string_map(r.metadata)),
     ]))
 }
 
@@ -430,6 +449,39 @@ mod tests {
             round_trip(RecordKind::RunResult, &value),
             serde_json::to_value(&result).unwrap()
         );
+    }
+
+    #[test]
+    fn a_run_result_ref_in_avro_reads_back_as_the_json_the_bridge_writes_for_it() {
+        let body = r#"{"input": {"linkedin_profile_url": "https://x/in/a"}, "custom_data": null,
+                      "result": {"full_name": "Ada", "n": [1, 2.5, null]}}"#;
+        #[derive(serde::Deserialize)]
+        struct Parts<'a> {
+            #[serde(borrow)]
+            input: Option<&'a serde_json::value::RawValue>,
+            #[serde(borrow)]
+            custom_data: Option<&'a serde_json::value::RawValue>,
+            #[serde(borrow)]
+            result: &'a serde_json::value::RawValue,
+        }
+        let parts: Parts<'_> = serde_json::from_str(body).unwrap();
+        let metadata = BTreeMap::from([("crm".to_owned(), "42".to_owned())]);
+        let r = RunResultRef {
+            result_id: RunResult::result_id("run-9", "b-1", 3),
+            request_id: "r-1",
+            run_uid: "run-9",
+            batch_uid: "b-1",
+            index: 3,
+            action: "linkedin-extract-people",
+            input: parts.input,
+            custom_data: parts.custom_data,
+            result: parts.result,
+            received_at: "2026-11-29T06:02:33.25Z".parse().unwrap(),
+            metadata: &metadata,
+        };
+        let value = result_ref_value(&r).unwrap();
+        let json: Json = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(round_trip(RecordKind::RunResult, &value), json);
     }
 
     #[test]

@@ -57,11 +57,30 @@ async fn metrics_text(State(state): State<OpsState>) -> impl IntoResponse {
     )
 }
 
+/// Ready or not, and what waits for the schema registry: callbacks are still taken then (they
+/// need no registry), so it is said in the body rather than by a 503 that would turn them away.
 async fn ready(State(state): State<OpsState>) -> impl IntoResponse {
-    if state.readiness.is_ready() {
-        (StatusCode::OK, "ready")
+    let waiting: Vec<&str> = crate::metrics::REGISTRY_WAITING_PARTS
+        .iter()
+        .copied()
+        .filter(|part| {
+            state
+                .metrics
+                .schema_registry_waiting
+                .with_label_values(&[part])
+                .get()
+                > 0
+        })
+        .collect();
+    let note = if waiting.is_empty() {
+        String::new()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        format!("; waiting for the schema registry: {}", waiting.join(", "))
+    };
+    if state.readiness.is_ready() {
+        (StatusCode::OK, format!("ready{note}"))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready{note}"))
     }
 }
 
@@ -112,6 +131,22 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(get(&router, "/healthz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn readyz_stays_ready_and_names_what_waits_for_the_schema_registry() {
+        let readiness = Readiness::new();
+        readiness.set_ready(true);
+        let metrics = Metrics::new().unwrap();
+        let router = ops_router(metrics.clone(), readiness);
+        assert_eq!(get(&router, "/readyz").await.2, "ready");
+        metrics
+            .schema_registry_waiting
+            .with_label_values(&["outputs"])
+            .set(1);
+        let (status, _, body) = get(&router, "/readyz").await;
+        assert_eq!(status, StatusCode::OK, "callbacks need no registry");
+        assert_eq!(body, "ready; waiting for the schema registry: outputs");
     }
 
     #[tokio::test]

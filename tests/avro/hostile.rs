@@ -137,15 +137,16 @@ async fn an_incompatible_writer_schema_is_classified_as_such() {
     assert_eq!(class, RejectClass::IncompatibleSchema, "{reason}");
     assert!(reason.contains(&format!("schema id {id}")), "{reason}");
 
-    // A required field the writer does not have and the reader cannot default.
+    // A required field the writer does not have and the reader cannot default (`inputs`;
+    // `action` has a default since workflow requests may leave it out).
     let missing = r#"{"type":"record","name":"LaunchRequest","namespace":"dev.captainbridge","fields":[
-        {"name":"inputs","type":{"type":"array","items":"string"}}]}"#;
+        {"name":"action","type":"string"}]}"#;
     let id = client
         .register(&unique("hostile.missing"), missing)
         .await
         .unwrap();
     let schema = apache_avro::Schema::parse_str(missing).unwrap();
-    let record = avro_record(id, &schema, json!({"inputs": ["{}"]}));
+    let record = avro_record(id, &schema, json!({"action": "linkedin-search-people"}));
     assert_eq!(
         class_of(&decoder, &record).await.0,
         RejectClass::IncompatibleSchema

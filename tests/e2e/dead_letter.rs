@@ -12,7 +12,7 @@ async fn each_invalid_record_class_is_dead_lettered_with_its_reason_and_the_stre
         ("bad-json", "not_json", b"{this is not json".to_vec()),
         ("bad-action", "invalid_shape", br#"{"request_id":"bad-action","inputs":[{}]}"#.to_vec()),
         ("bad-empty", "empty_inputs", br#"{"request_id":"bad-empty","action":"linkedin-extract-people","inputs":[]}"#.to_vec()),
-        ("bad-mode", "unknown_mode", br#"{"request_id":"bad-mode","action":"linkedin-extract-people","mode":"live","inputs":[{}]}"#.to_vec()),
+        ("bad-mode", "unknown_mode", br#"{"request_id":"bad-mode","action":"linkedin-extract-people","mode":"turbo","inputs":[{}]}"#.to_vec()),
         ("bad-cron", "invalid_schedule", br#"{"request_id":"bad-cron","action":"linkedin-extract-people","mode":"schedule","inputs":[{}],"schedule":{"cron":"every day"}}"#.to_vec()),
         ("bad-type", "invalid_shape", br#"{"request_id":"bad-type","action":"linkedin-extract-people","inputs":"all of them"}"#.to_vec()),
         ("bad-dup", "duplicate_key", br#"{"request_id":"bad-dup","action":"linkedin-extract-people","inputs":[{"linkedin_profile_url":"u","custom_data":{"row":"1","row":"2"}}]}"#.to_vec()),

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod abandoned;
+mod avro;
 mod backlog;
 mod callbacks_http;
 mod codecs;

@@ -658,7 +658,7 @@ async fn v3_and_v4_requests_mixed_on_one_launch_topic_each_complete_through_thei
     assert!(
         metric(
             &metrics,
-            "captain_bridge_api_permitted_requests_per_second{key=\"v3\"}"
+            "captain_bridge_api_permitted_requests_per_second{key=\"v3\",mode=\"schedule\"}"
         )
         .is_some(),
         "the v3 key has a limiter of its own"

@@ -461,7 +461,7 @@ async fn rate_limits_with_and_without_retry_after_are_waited_out_through_the_sha
         let cooled = h
             .metrics
             .limiter_cooldown_seconds
-            .with_label_values(&["v3"])
+            .with_label_values(&["v3", "api"])
             .get();
         assert!(
             cooled > 0.0,

@@ -77,6 +77,10 @@ struct Cli {
     /// Intake: bytes of each result item (JSON).
     #[arg(long, default_value_t = 1024)]
     result_bytes: usize,
+    /// Intake: output formats to measure, one after the other in this run (`json`, `avro`:
+    /// both output topics in Avro through the registry in `SCHEMA_REGISTRY_URL`).
+    #[arg(long, value_delimiter = ',', default_values_t = [String::from("json")])]
+    formats: Vec<String>,
     /// Intake: requests whose runs share one repeat's callbacks.
     #[arg(long, default_value_t = 2000)]
     pool: usize,
@@ -174,16 +178,33 @@ async fn run_all(cli: &Cli, ctx: &mut Ctx) -> anyhow::Result<()> {
             instances,
             pool: cli.pool,
             result_bytes: cli.result_bytes,
+            avro_registry: None,
         };
     if cli.runs(Which::Intake) {
-        let o = intake_opts(
-            "intake",
-            1,
-            cli.concurrency.clone(),
-            cli.intake_rates.clone(),
-            cli.results.clone(),
-        );
-        intake::run(ctx, &o).await?;
+        for format in &cli.formats {
+            let (label, avro_registry) = match format.as_str() {
+                "json" => ("intake", None),
+                "avro" => (
+                    "intake/avro",
+                    Some(std::env::var("SCHEMA_REGISTRY_URL").context(
+                        "--formats avro needs a schema registry: SCHEMA_REGISTRY_URL is not set \
+                     (scripts/bench.sh starts one when an argument mentions avro)",
+                    )?),
+                ),
+                other => anyhow::bail!("--formats: {other:?} is neither json nor avro"),
+            };
+            let o = intake::IntakeOpts {
+                avro_registry,
+                ..intake_opts(
+                    label,
+                    1,
+                    cli.concurrency.clone(),
+                    cli.intake_rates.clone(),
+                    cli.results.clone(),
+                )
+            };
+            intake::run(ctx, &o).await?;
+        }
     }
     if cli.runs(Which::Ceiling) {
         ceiling::run(ctx, cli.result_bytes).await?;

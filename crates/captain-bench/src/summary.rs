@@ -16,6 +16,11 @@ impl RunFigures {
     pub fn put(&mut self, name: &str, unit: &str, value: f64) {
         self.0.insert(name.to_owned(), (unit.to_owned(), value));
     }
+
+    /// A figure already put.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.0.get(name).map(|(_, v)| *v)
+    }
 }
 
 /// One scenario variant over all its repeats.

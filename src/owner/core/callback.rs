@@ -127,10 +127,11 @@ impl Core {
         owned.open_runs += out.effects.open_runs;
         self.metrics.runs_in_flight.add(out.effects.open_runs);
         let mut outputs = Vec::with_capacity(payload.results.len() + 1);
+        let mut unencodable = None;
         if !out.duplicate {
             for (index, item) in payload.results.iter().enumerate() {
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
-                outputs.push(self.records.result_ref(&RunResultRef {
+                let built = self.records.result_ref(&RunResultRef {
                     result_id: RunResult::result_id(
                         payload.run.run_uid,
                         payload.run.batch_uid,
@@ -146,12 +147,31 @@ impl Core {
                     result: item,
                     received_at,
                     metadata: &state.metadata,
-                }));
+                });
+                match built {
+                    Ok(record) => outputs.push(record),
+                    Err(e) => {
+                        unencodable = Some(e);
+                        break;
+                    }
+                }
             }
         }
         // Results first: a consumer that sees the final status has the batch's results.
-        if let Some(event) = &out.effects.status {
-            outputs.push(self.records.status(event));
+        if let (Some(event), None) = (&out.effects.status, &unencodable) {
+            match self.records.status(event) {
+                Ok(record) => outputs.push(record),
+                Err(e) => unencodable = Some(e),
+            }
+        }
+        if let Some(e) = unencodable {
+            self.dirty.insert((p, request_id.to_owned()));
+            if !self.encode_failed(&e, "callback outputs") {
+                // Its results can never be written as configured: the callback is set aside
+                // whole (never a part of its batch) with the reason.
+                self.dead_letter(record, format!("callback outputs cannot be encoded: {e}"));
+            }
+            return;
         }
         let outcome = if out.duplicate {
             "duplicate"

@@ -51,8 +51,7 @@ impl Core {
         else {
             self.count_command(&command, "refused");
             let event = unknown_request(&command, now);
-            let record = self.records.status(&event);
-            self.send(&record);
+            self.send_status(&event, "control command status");
             return self.complete(&topic, p, offset);
         };
         if already_executed(state, &command.command_id) || self.commands_running.contains(&running)
@@ -276,8 +275,7 @@ impl Core {
         }
         self.dirty.insert((p, command.request_id.clone()));
         for event in &events {
-            let record = self.records.status(event);
-            self.send(&record);
+            self.send_status(event, "control command status");
         }
         self.count_command(command, if refused { "refused" } else { "accepted" });
     }

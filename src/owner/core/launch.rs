@@ -213,8 +213,12 @@ impl Core {
         owned.open_runs += effects.open_runs;
         self.metrics.runs_in_flight.add(effects.open_runs);
         if let Some(event) = effects.status {
-            let record = self.records.status(&event);
-            self.send(&record);
+            match self.records.status(&event) {
+                Ok(record) => self.send(&record),
+                Err(e) => {
+                    self.encode_failed(&e, "submission status");
+                }
+            }
         }
         self.dirty.insert((partition, request_id.to_owned()));
     }

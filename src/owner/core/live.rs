@@ -173,7 +173,7 @@ impl Core {
         }
         // Results first: a consumer that sees the final status has every result.
         for record in &outputs {
-            self.send(record);
+            self.send_built(record, "live results");
         }
         self.publish_effects(p, id, [out.effects]);
         if let Some(acks) = acks {
@@ -190,8 +190,7 @@ impl Core {
             }
             self.metrics.runs_in_flight.add(effect.open_runs);
             if let Some(event) = &effect.status {
-                let record = self.records.status(event);
-                self.send(&record);
+                self.send_status(event, "live status");
             }
         }
         self.dirty.insert((p, id.to_owned()));

@@ -20,6 +20,7 @@ mod workflow;
 pub use reconcile::ReconcileConfig;
 
 use super::jobs::{JobMessage, JobReports, Submitter};
+use crate::avro::EncodeError;
 use crate::domain::request::{derived_request_id, RejectClass};
 use crate::domain::{Rejection, RequestInfo, RunState};
 use crate::kafka::stats::CommittedOffsets;
@@ -210,9 +211,15 @@ impl Core {
             .set(self.assigned.as_ref().map_or(0, |a| a.len() as i64));
     }
 
-    /// The restore to start now, if any: (epoch, partitions).
+    /// The restore to start now, if any: (epoch, partitions). None while an output topic's
+    /// Avro writer schema id is not known yet: the partitions stay paused (their events wait
+    /// in Kafka) until the schema registry answers, so no event meets an output it cannot
+    /// encode.
     pub fn take_restore(&mut self) -> Option<(u64, Vec<i32>)> {
-        (!self.to_restore.is_empty()).then(|| (self.epoch, std::mem::take(&mut self.to_restore)))
+        if self.to_restore.is_empty() || !self.records.outputs_ready() {
+            return None;
+        }
+        Some((self.epoch, std::mem::take(&mut self.to_restore)))
     }
 
     /// Partitions not processed (restoring), both input topics.
@@ -431,6 +438,48 @@ impl Core {
         if let Err(e) = self.producer.send(record) {
             tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "record not enqueued in the transaction");
             self.producer.poison();
+        }
+    }
+
+    /// Enqueues a record built by the encoder, or, when it could not be encoded, does what
+    /// [`Core::encode_failed`] says (a value that does not fit its schema is left out).
+    fn send_built(&mut self, built: &Result<crate::kafka::OutRecord, EncodeError>, what: &str) {
+        match built {
+            Ok(record) => self.send(record),
+            Err(e) => {
+                self.encode_failed(e, what);
+            }
+        }
+    }
+
+    /// Enqueues a status record, or, when it cannot be encoded, does what
+    /// [`Core::encode_failed`] says.
+    fn send_status(&mut self, event: &crate::domain::RunStatusEvent, what: &str) {
+        match self.records.status(event) {
+            Ok(record) => self.send(&record),
+            Err(e) => {
+                self.encode_failed(&e, what);
+            }
+        }
+    }
+
+    /// An output that could not be encoded. Without its writer schema id (the registry has
+    /// not answered; `take_restore` waits for it, so this is a safety net) the open
+    /// transaction is poisoned: the commit aborts and every event since the last commit is
+    /// redone from Kafka once the registry answers; returns true. A value that does not fit
+    /// its schema is permanent: logged (and counted by the encoder), false.
+    fn encode_failed(&mut self, error: &EncodeError, what: &str) -> bool {
+        match error {
+            EncodeError::Registry(e) => {
+                tracing::warn!(error = %e, what,
+                    "output not encodable without the schema registry; aborting the transaction to redo it later");
+                self.producer.poison();
+                true
+            }
+            EncodeError::Value { .. } => {
+                tracing::error!(error = %error, what, "output does not fit its Avro schema");
+                false
+            }
         }
     }
 

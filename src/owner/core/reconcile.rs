@@ -199,8 +199,7 @@ impl Core {
 
     pub(super) fn publish(&mut self, run: &RunRef, effects: Effects) {
         if let Some(event) = effects.status {
-            let record = self.records.status(&event);
-            self.send(&record);
+            self.send_status(&event, "reconciled status");
             self.dirty.insert((run.partition, run.request_id.clone()));
         }
     }

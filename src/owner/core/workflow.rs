@@ -92,8 +92,7 @@ impl Core {
                 self.metrics.runs_in_flight.add(effects.open_runs);
                 let outcome = match &effects.status {
                     Some(event) => {
-                        let status = self.records.status(event);
-                        self.send(&status);
+                        self.send_status(event, "v3 webhook status");
                         "applied"
                     }
                     None => "duplicate",
@@ -223,7 +222,7 @@ impl Core {
             outputs.push(self.records.status(event));
         }
         for r in &outputs {
-            self.send(r);
+            self.send_built(r, "v3 job outputs");
         }
         if let Some(m) = metrics {
             m.results.inc_by(published);

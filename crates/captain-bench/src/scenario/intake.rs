@@ -31,6 +31,8 @@ pub struct IntakeOpts {
     pub result_bytes: usize,
     /// Scenario name prefix (`intake`, or `scaling/intake` so the two never overwrite each other).
     pub label: &'static str,
+    /// Both output topics in Avro through this registry (Confluent-compatible API URL).
+    pub avro_registry: Option<String>,
 }
 
 fn pace_name(p: Pace) -> String {
@@ -50,9 +52,14 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start(ctx: &Ctx, instances: usize) -> anyhow::Result<Self> {
+    async fn start(ctx: &Ctx, instances: usize, avro: Option<&str>) -> anyhow::Result<Self> {
         // No API call happens on this path: the API address is never dialled.
-        let (topics, settings) = ctx.fresh_topics("intake", "http://127.0.0.1:9/v4").await?;
+        let (topics, mut settings) = ctx.fresh_topics("intake", "http://127.0.0.1:9/v4").await?;
+        if let Some(url) = avro {
+            settings.schema_registry.url = url.to_owned();
+            settings.kafka.formats.run_status = captain_bridge::avro::Format::Avro;
+            settings.kafka.formats.run_results = captain_bridge::avro::Format::Avro;
+        }
         Ok(Self {
             bridges: procs::start_bridges(&ctx.work, &settings, instances).await?,
             topics,
@@ -65,7 +72,7 @@ impl Rig {
 
 /// Runs every variant × pace on one set of `instances` bridges.
 pub async fn run(ctx: &mut Ctx, o: &IntakeOpts) -> anyhow::Result<()> {
-    let rig = Rig::start(ctx, o.instances).await?;
+    let rig = Rig::start(ctx, o.instances, o.avro_registry.as_deref()).await?;
     let mut paces: Vec<Pace> = o
         .concurrency
         .iter()
@@ -92,6 +99,14 @@ pub async fn run(ctx: &mut Ctx, o: &IntakeOpts) -> anyhow::Result<()> {
                 ("pace".to_owned(), Value::from(pace_name(pace))),
                 ("instances".to_owned(), Value::from(o.instances)),
                 ("result_bytes".to_owned(), Value::from(o.result_bytes)),
+                (
+                    "format".to_owned(),
+                    Value::from(if o.avro_registry.is_some() {
+                        "avro"
+                    } else {
+                        "json"
+                    }),
+                ),
                 ("pool".to_owned(), Value::from(o.pool)),
             ]);
             ctx.summary
@@ -131,13 +146,26 @@ async fn one_repeat(
     let warm = load
         .run(&ctx.http, pace, Duration::ZERO, ctx.timing.warmup)
         .await;
+    let published_before = kafka::records_in(&ctx.bootstrap, &rig.topics.run_results)?;
     let probe = CpuProbe::start(ctx, &procs::pids(&rig.bridges), &[]);
     let mut m = load
         .run(&ctx.http, pace, Duration::ZERO, ctx.timing.duration)
         .await;
     let mut f = RunFigures::default();
     probe.finish(&mut f);
+    let published_after = kafka::records_in(&ctx.bootstrap, &rig.topics.run_results)?;
     let secs = m.elapsed.as_secs_f64().max(1e-3);
+    // What the owners turned into result records meanwhile (they publish after the intake
+    // acknowledged, in their transactions), and the bridge's CPU per result record.
+    let published_per_s = (published_after - published_before) as f64 / secs;
+    f.put("results_published_per_s", "1/s", published_per_s);
+    if let Some(cpu) = f.get("bridge_cpu_pct") {
+        f.put(
+            "bridge_cpu_us_per_result",
+            "µs",
+            cpu / 100.0 * 1e6 / published_per_s.max(1e-3),
+        );
+    }
     f.put("callbacks_per_s", "1/s", m.ok as f64 / secs);
     f.put(
         "records_per_s",
@@ -148,10 +176,24 @@ async fn one_repeat(
     f.put("ack_p99_ms", "ms", m.latencies.quantile_ms(0.99));
     f.put("ack_p999_ms", "ms", m.latencies.quantile_ms(0.999));
     f.put("not_2xx", "count", m.failed as f64);
-    // Every acknowledged record must be in the topic (more only if a 503'd callback landed).
+    // Every acknowledged record must be in the topic (more only if a 503'd callback landed),
+    // once the owners have caught up: how long that takes after the load stops.
     let acked = (warm.ok + m.ok) as f64 * results as f64;
-    let in_topic =
-        (kafka::records_in(&ctx.bootstrap, &rig.topics.run_results)? - in_topic_before) as f64;
+    let drain_started = std::time::Instant::now();
+    let mut in_topic;
+    loop {
+        in_topic =
+            (kafka::records_in(&ctx.bootstrap, &rig.topics.run_results)? - in_topic_before) as f64;
+        if in_topic >= acked || drain_started.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f.put(
+        "publish_drain_s",
+        "s",
+        drain_started.elapsed().as_secs_f64(),
+    );
     f.put(
         "topic_records_per_acked",
         "ratio",

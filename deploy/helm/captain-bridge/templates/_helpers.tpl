@@ -67,5 +67,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.secrets.callbackHeaderSecretKey -}}
 {{- $_ := set $owned.callbacks "header_secret_file" (printf "%s/%s" $dir .Values.secrets.callbackHeaderSecretKey) -}}
 {{- end -}}
+{{- if .Values.secrets.schemaRegistryPasswordKey -}}
+{{- $_ := set $owned "schema_registry" (dict "password_file" (printf "%s/%s" $dir .Values.secrets.schemaRegistryPasswordKey)) -}}
+{{- else if .Values.secrets.schemaRegistryTokenKey -}}
+{{- $_ := set $owned "schema_registry" (dict "token_file" (printf "%s/%s" $dir .Values.secrets.schemaRegistryTokenKey)) -}}
+{{- end -}}
 {{- toYaml (mergeOverwrite (deepCopy .Values.config) $owned) -}}
 {{- end -}}
