@@ -84,9 +84,11 @@ impl RecordDecoder {
             .decode(RecordKind::LaunchRequest, ROLE_LAUNCH_REQUESTS, payload)
             .await
             .map_err(|e| match e {
+                // What a lenient read of the value can tell (a JSON value refused for a
+                // duplicate key still names its request), so the REJECTED status is keyed by it.
                 DecodeError::Rejected(rejection) => LaunchDecodeError::Rejected {
                     rejection,
-                    context: RejectedContext::default(),
+                    context: RejectedContext::from_bytes(payload),
                 },
                 DecodeError::Registry(e) => LaunchDecodeError::Registry(e),
             })?;

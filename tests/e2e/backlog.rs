@@ -132,5 +132,8 @@ async fn a_backlog_of_100_000_requests_at_5_per_second_keeps_memory_bounded_and_
         late <= early + 8.0,
         "RSS does not grow with the backlog: {early:.1} MiB early peak, {late:.1} MiB late median"
     );
-    assert!(peak < 128.0, "peak RSS {peak:.1} MiB");
+    // A sanity bound on the peak (the growth check above is the real one): the idle process
+    // is ~54 MiB with the registry client, the v3 client, the live runner and a watermark
+    // reader beside the router and the owner; routing 100,000 requests at once adds ~70.
+    assert!(peak < 160.0, "peak RSS {peak:.1} MiB");
 }

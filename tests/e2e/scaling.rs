@@ -22,7 +22,13 @@ async fn two_instances_share_the_stream_and_one_leaving_loses_nothing() {
     let mut b = stack
         .another_bridge(|s| s.callbacks.public_base_url = Some(a_callbacks))
         .await;
+    // Both groups: the router's (launch topic) and the owners' (requests and callbacks).
     await_group_members(&stack.bootstrap, &stack.topics.group, 2);
+    await_group_members(
+        &stack.bootstrap,
+        &format!("{}-owners", stack.topics.group),
+        2,
+    );
     let requests: Vec<Value> = (0..REQUESTS)
         .map(|i| search_request(&format!("s-{i}"), 1, 1))
         .collect();
