@@ -111,8 +111,20 @@ impl Core {
             ),
         };
         let Some(reconciler) = self.reconciler.clone() else {
-            tracing::error!("control command with no API client installed");
-            return;
+            // Not reached in the product (app.rs always installs it); refused rather than
+            // leaving the command's offset pending forever.
+            let target = Target {
+                chunk: 0,
+                run_uid: command.run_uid.clone(),
+                schedule_uid: command.schedule_uid.clone(),
+            };
+            let reply = Reply {
+                outcome: Outcome::Refused,
+                error: Some(refusal("API_ERROR", "no API client in this process".into())),
+                detail: None,
+            };
+            self.answer_command(p, &command, vec![(target, Effects::default(), reply)]);
+            return self.complete(&topic, p, offset);
         };
         self.commands_waiting
             .insert(command.request_id.clone(), Default::default());
