@@ -11,6 +11,7 @@ mod cooldown;
 mod crash;
 mod dead_letter;
 mod faults_api;
+mod faults_kafka;
 mod flow;
 mod huge_callback;
 mod large_request;
