@@ -89,14 +89,16 @@ impl CallbackLoad {
         }
     }
 
-    /// The next callback: URL and body (a fresh batch uid, status RUNNING).
+    /// The next callback: URL and body (a fresh batch uid, status RUNNING, its send time in
+    /// `custom_data.sent_at_us` for the end-to-end latency).
     fn next_callback(&self) -> (String, String) {
         let k = self.next.fetch_add(1, Ordering::Relaxed);
         let (token, run_uid) = &self.pool[k % self.pool.len()];
         let base = &self.bases[k % self.bases.len()];
         let body = format!(
-            r#"{{"run":{{"run_uid":"{run_uid}","batch_uid":"{batch}","status":"RUNNING"}},"input":{{"linkedin_people_search_url":"https://www.linkedin.com/search/results/people/?keywords=bench"}},"custom_data":{{"row":"{k}"}},"error":null,"results_count":{n},"results":{results}}}"#,
+            r#"{{"run":{{"run_uid":"{run_uid}","batch_uid":"{batch}","status":"RUNNING"}},"input":{{"linkedin_people_search_url":"https://www.linkedin.com/search/results/people/?keywords=bench"}},"custom_data":{{"row":"{k}","sent_at_us":{sent}}},"error":null,"results_count":{n},"results":{results}}}"#,
             batch = uuid::Uuid::new_v4(),
+            sent = crate::visible::wall_micros(),
             n = self.results_per_callback,
             results = self.results_json,
         );

@@ -13,10 +13,11 @@ mod sample;
 mod scenario;
 mod stats;
 mod summary;
+mod visible;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use scenario::{backlog, ceiling, intake, launch, rate, Ctx, Timing};
+use scenario::{backlog, ceiling, intake, launch, rate, restore, Ctx, Timing};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +37,8 @@ enum Which {
     Backlog,
     /// Issue 4: submit rate against a rate-limited API, right and wrong configured rates.
     Rate,
+    /// 6: run-state restore on assignment (time, memory per state).
+    Restore,
     /// Everything above, in that order.
     All,
 }
@@ -105,6 +108,9 @@ struct Cli {
     /// Rate: API limits L (requests/s). Default 10,50,200 (quick: 10,50).
     #[arg(long, value_delimiter = ',')]
     rate_limits: Option<Vec<f64>>,
+    /// Restore: run states waiting in the runs topic. Default 100,000 (quick: 20,000).
+    #[arg(long)]
+    restore_states: Option<usize>,
     /// Rate: bridge rate as multiples of L.
     #[arg(long, value_delimiter = ',', default_values_t = [1.0f64, 2.0])]
     rate_factors: Vec<f64>,
@@ -249,6 +255,12 @@ async fn run_all(cli: &Cli, ctx: &mut Ctx) -> anyhow::Result<()> {
             bridge_burst_secs: cli.rate_bridge_burst_secs,
         };
         rate::run(ctx, &o).await?;
+    }
+    if cli.runs(Which::Restore) {
+        let states = cli
+            .restore_states
+            .unwrap_or(if cli.quick { 20_000 } else { 100_000 });
+        restore::run(ctx, states).await?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod ceiling;
 pub mod intake;
 pub mod launch;
 pub mod rate;
+pub mod restore;
 
 use crate::procs::Topics;
 use crate::sample;
