@@ -481,7 +481,10 @@ impl LaunchRouter {
             .set("queued.max.messages.kbytes", "1024")
             .set("queued.min.messages", "1000")
             .set("fetch.message.max.bytes", "262144")
-            .set("fetch.wait.max.ms", "10");
+            .set("fetch.wait.max.ms", "10")
+            // A full prefetch postpones the next fetch by this (default 1 s): keep the backlog
+            // flowing as soon as routing has made room (see the owner's consumer).
+            .set("fetch.queue.backoff.ms", "10");
         for (k, v) in &config.consumer_properties {
             cc.set(k, v);
         }

@@ -39,11 +39,17 @@ type ScheduleCheck = (i32, String, u32, String);
 impl Core {
     /// Looks for runs and schedules that need a check, starts what the budget allows, times
     /// out what is past its deadline, and updates the oldest-open-run gauge.
-    pub fn reconcile_tick(&mut self, now: DateTime<Utc>) {
+    /// One reconcile pass over the owned runs: starts the checks that are due, within
+    /// `max_in_flight` calls. Returns whether due checks were left for lack of a call slot: the
+    /// caller then runs the next pass sooner than `reconcile.tick` (a burst of final statuses
+    /// waiting for their audit would otherwise be audited at most `max_in_flight` batches per
+    /// tick: 160 runs/s with the defaults, measured as the cap on SUCCEEDED/s of a backlog).
+    pub fn reconcile_tick(&mut self, now: DateTime<Utc>) -> bool {
         let (Some(config), Some(reconciler)) = (self.reconcile.clone(), self.reconciler.clone())
         else {
-            return;
+            return false;
         };
+        let mut left = false;
         let mut oldest = chrono::Duration::zero();
         // The bool: a v3 job (polled through the v3 API, never audited like v4 deliveries).
         let mut due: Vec<(RunRef, Check, bool)> = Vec::new();
@@ -125,6 +131,7 @@ impl Core {
                 Check::Audit => audits.push(run),
                 Check::Poll => {
                     if self.reconcile_calls >= config.max_in_flight {
+                        left = true;
                         continue;
                     }
                     self.start_check(&run, now);
@@ -136,6 +143,7 @@ impl Core {
         // Audits go in batches: one listing covers up to AUDIT_BATCH runs.
         for batch in audits.chunks(AUDIT_BATCH) {
             if self.reconcile_calls >= config.max_in_flight {
+                left = true;
                 break;
             }
             for run in batch {
@@ -146,6 +154,7 @@ impl Core {
         }
         for (p, request_id, chunk, schedule_uid) in schedules {
             if self.reconcile_calls >= config.max_in_flight {
+                left = true;
                 break;
             }
             self.reconcile_calls += 1;
@@ -166,6 +175,7 @@ impl Core {
                 self.reports.clone(),
             );
         }
+        left
     }
 
     /// Applies `change` to `run`'s request state (marked to be written), if this instance still
