@@ -2,16 +2,21 @@
 //! post. It never panics; what it accepts has the shape it promises (object results, an object
 //! input, non-empty uids), and the result records the owner splices from its borrowed parts are
 //! valid JSON.
+//!
+//! "Valid JSON" is the grammar's (RFC 8259), checked without reading numbers as f64: a result
+//! may carry a number no f64 holds (`44E44444`, found by this target), which the bridge passes
+//! on verbatim, as it does every value of a result.
 #![no_main]
 
 use captain_bridge::domain::{RunResult, RunResultRef};
 use captain_bridge::intake::CallbackPayload;
 use libfuzzer_sys::fuzz_target;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
+/// A JSON object, whatever its numbers (raw values are checked against the grammar only).
 fn object(text: &str) -> bool {
-    serde_json::from_str::<Value>(text).is_ok_and(|v| v.is_object())
+    serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(text).is_ok()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -41,8 +46,10 @@ fuzz_target!(|data: &[u8]| {
             metadata: &metadata,
         };
         let bytes = serde_json::to_vec(&record).expect("a result record serializes");
-        let back: Value = serde_json::from_slice(&bytes).expect("a result record is JSON");
-        assert_eq!(back["result_id"], Value::String(record.result_id.clone()));
+        let back: BTreeMap<String, Box<RawValue>> =
+            serde_json::from_slice(&bytes).expect("a result record is a JSON object");
+        let id = back.get("result_id").map(|v| v.get().to_owned());
+        assert_eq!(id, serde_json::to_string(&record.result_id).ok());
     }
 });
 

@@ -17,8 +17,11 @@ use sha2::Sha256;
 const SECRET: &[u8] = b"fuzz-secret-fuzz-secret-fuzz-sec";
 
 fn keys() -> TokenKeys {
-    TokenKeys::new(vec![("k1".into(), SecretSlice::from(SECRET.to_vec()))], "k1")
-        .expect("fuzz keys")
+    TokenKeys::new(
+        vec![("k1".into(), SecretSlice::from(SECRET.to_vec()))],
+        "k1",
+    )
+    .expect("fuzz keys")
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -37,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
             let signed = format!("v1.k1.{}", URL_SAFE_NO_PAD.encode(rest));
             let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).expect("any key length");
             mac.update(signed.as_bytes());
-            let token = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+            let token = format!(
+                "{signed}.{}",
+                URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+            );
             if let Ok(claims) = keys().verify(&token) {
                 assert_eq!(keys().verify(&keys().sign(&claims)), Ok(claims));
             }

@@ -645,6 +645,25 @@ mod tests {
         assert_eq!(again, parsed);
     }
 
+    #[test]
+    fn an_input_number_keeps_its_exact_value_through_the_requests_topic_and_to_the_api() {
+        // Found by the launch_request fuzz target: without serde_json's exact float parsing,
+        // this number was read 1 ULP off, and read again after the trip through the requests
+        // topic as yet another value (-92.33720368547719). The exact parser was only on by
+        // accident (captain-sim's jsonschema asks for it, through the `demo` feature): a build
+        // without `demo`, like the fuzz targets', changed inputs. It is now asked for here
+        // (`float_roundtrip` in Cargo.toml). Test builds of this workspace always have it (the
+        // dev-dependencies bring captain-sim), so the case is also in the fuzz corpus
+        // (`launch_request/float-roundtrip-1ulp.json`), replayed by every fuzz run in a build
+        // without them; here it guards the decoder's own handling of numbers.
+        let raw = br#"{"action":"a","inputs":[{"f":0.300000000000000041615,"neg":-92.3372036854771970,"e":1e-320000000000000}]}"#;
+        let parsed = parse_json(raw, "fallback").unwrap();
+        let exact: f64 = "-92.3372036854771970".parse().unwrap();
+        assert_eq!(parsed.inputs[0]["neg"].as_f64(), Some(exact));
+        let again = parse_json(&serde_json::to_vec(&parsed).unwrap(), "other").unwrap();
+        assert_eq!(again, parsed);
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -77,6 +77,31 @@ fn incompressible_callback_body(
     .into_bytes()
 }
 
+/// Each phase's duplicates, read back after it drained.
+#[derive(Default)]
+struct Phases(Vec<(&'static str, usize, usize)>);
+
+impl Phases {
+    /// Reads until every request of `all` SUCCEEDED with its results, records the phase's
+    /// duplicate results and repeated statuses, and returns the ledger.
+    fn settle(
+        &mut self,
+        status: &mut Collector,
+        results: &mut Collector,
+        all: &[String],
+        phase: &'static str,
+        timeout: Duration,
+    ) -> Ledger {
+        let ledger = drain(status, results, all, RESULTS, timeout, phase);
+        self.0.push((
+            phase,
+            ledger.duplicate_results(),
+            ledger.repeated_statuses(),
+        ));
+        ledger
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_a_bandwidth_cap_a_cut_and_a_broker_restart_lose_nothing_and_duplicate_nothing() {
     let toxiproxy = Toxiproxy::from_env().unwrap();
@@ -117,6 +142,7 @@ async fn latency_a_bandwidth_cap_a_cut_and_a_broker_restart_lose_nothing_and_dup
     let mut status = Collector::new(&tools, &topics.run_status);
     let mut results = Collector::new(&tools, &topics.run_results);
     let mut all: Vec<String> = Vec::new();
+    let mut phases = Phases::default();
     let started = Instant::now();
 
     // 1. Latency: 300 ms each way on every connection, mid-stream.
@@ -126,22 +152,16 @@ async fn latency_a_bandwidth_cap_a_cut_and_a_broker_restart_lose_nothing_and_dup
     proxy.add_toxic(&slow).await.unwrap();
     proxy.add_toxic(&slow.clone().upstream()).await.unwrap();
     all.extend(ids);
-    let ledger = drain(
+    let ledger = phases.settle(
         &mut status,
         &mut results,
         &all,
-        RESULTS,
-        Duration::from_secs(90),
         "latency",
+        Duration::from_secs(90),
     );
     proxy.remove_toxic("latency_downstream").await.unwrap();
     proxy.remove_toxic("latency_upstream").await.unwrap();
     eprintln!("e2e faults kafka: latency 300 ms: {}", ledger.summary());
-    let mut phases = vec![(
-        "latency",
-        ledger.duplicate_results(),
-        ledger.repeated_statuses(),
-    )];
 
     // 2. Bandwidth: 64 KB/s each way, mid-stream; a 2 MiB callback cannot be durable within
     // the ack timeout and is answered 503 in time.
@@ -187,13 +207,12 @@ async fn latency_a_bandwidth_cap_a_cut_and_a_broker_restart_lose_nothing_and_dup
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     all.extend(ids);
-    let ledger = drain(
+    let ledger = phases.settle(
         &mut status,
         &mut results,
         &all,
-        RESULTS,
-        Duration::from_secs(90),
         "bandwidth",
+        Duration::from_secs(90),
     );
     let big_copies: usize = ledger
         .results
@@ -211,11 +230,6 @@ async fn latency_a_bandwidth_cap_a_cut_and_a_broker_restart_lose_nothing_and_dup
         big_copies, 2_600,
         "the 503'd callback published once, whole"
     );
-    phases.push((
-        "bandwidth",
-        ledger.duplicate_results(),
-        ledger.repeated_statuses(),
-    ));
 
     // 3. A cut: no data either way for 5 s, connections held open, mid-stream.
     let ids = wave(&tools, &topics, "cut").await;
@@ -227,23 +241,17 @@ async fn latency_a_bandwidth_cap_a_cut_and_a_broker_restart_lose_nothing_and_dup
     proxy.remove_toxic("timeout_upstream").await.unwrap();
     all.extend(ids);
     let replayed_cut = replay_failed_callbacks(&sim).await;
-    let ledger = drain(
+    let ledger = phases.settle(
         &mut status,
         &mut results,
         &all,
-        RESULTS,
-        Duration::from_secs(120),
         "cut",
+        Duration::from_secs(120),
     );
     eprintln!(
         "e2e faults kafka: 5 s cut: {replayed_cut} failed callbacks replayed; {}",
         ledger.summary()
     );
-    phases.push((
-        "cut",
-        ledger.duplicate_results(),
-        ledger.repeated_statuses(),
-    ));
 
     // 4. The broker restarts (SIGTERM, same data), mid-stream.
     let ids = wave(&tools, &topics, "restart").await;
@@ -256,13 +264,12 @@ async fn latency_a_bandwidth_cap_a_cut_and_a_broker_restart_lose_nothing_and_dup
     status = Collector::new(&tools, &topics.run_status);
     results = Collector::new(&tools, &topics.run_results);
     let replayed_restart = replay_failed_callbacks(&sim).await;
-    let ledger = drain(
+    let ledger = phases.settle(
         &mut status,
         &mut results,
         &all,
-        RESULTS,
-        Duration::from_secs(120),
         "restart",
+        Duration::from_secs(120),
     );
     eprintln!(
         "e2e faults kafka: broker restarted in {:.1} s: {replayed_restart} failed callbacks \
@@ -271,17 +278,12 @@ async fn latency_a_bandwidth_cap_a_cut_and_a_broker_restart_lose_nothing_and_dup
         ledger.summary(),
         started.elapsed().as_secs_f64()
     );
-    phases.push((
-        "restart",
-        ledger.duplicate_results(),
-        ledger.repeated_statuses(),
-    ));
 
     let ready = reqwest::get(format!("http://{}/readyz", bridge.ops_addr))
         .await
         .unwrap();
     assert!(ready.status().is_success(), "ready after every fault");
-    for (phase, duplicates, repeated) in phases {
+    for (phase, duplicates, repeated) in phases.0 {
         assert_eq!(duplicates, 0, "{phase}: result records read twice");
         assert_eq!(repeated, 0, "{phase}: statuses read twice");
     }
