@@ -44,10 +44,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// The next reconcile pass after one that left due checks waiting for a call slot: slots free
-/// within milliseconds against a healthy API, and each pass scans every owned run, so passes
-/// stay this far apart (a backlog of final statuses is then audited at up to
-/// `max_in_flight` × 20 runs per 50 ms).
+/// After a reconcile pass that left due checks waiting for a call slot, the next pass comes
+/// this soon instead of a tick later, if a slot has freed by then (a pass scans every owned
+/// run; with every slot still busy it is skipped, and a full tick later it runs anyway, for
+/// the deadlines). Against a healthy API a backlog of final statuses is then audited at up to
+/// `max_in_flight` × 20 runs per 50 ms.
 const RECONCILE_BACKLOG_PASS: Duration = Duration::from_millis(50);
 
 /// The owner's settings. The app maps its configuration onto this.
@@ -269,6 +270,9 @@ impl PartitionOwner {
         let mut reconcile =
             tokio::time::interval(self.reconcile_tick.unwrap_or(Duration::from_secs(3600)));
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Due checks left by the last pass for lack of a call slot, and when that pass ran.
+        let mut backlog = false;
+        let mut last_pass = tokio::time::Instant::now();
         let result = loop {
             self.start_restores(&mut restores);
             self.apply_pauses(&mut paused, false);
@@ -281,10 +285,20 @@ impl PartitionOwner {
                 }
                 _ = tick.tick() => self.commit(),
                 _ = reconcile.tick(), if self.reconcile_tick.is_some() => {
-                    let left = lock(&self.core).reconcile_tick(chrono::Utc::now());
-                    if left {
-                        // Due checks wait for a call slot: look again soon, not a tick later.
-                        reconcile.reset_after(RECONCILE_BACKLOG_PASS.min(reconcile.period()));
+                    let mut core = lock(&self.core);
+                    let period = reconcile.period();
+                    if backlog && !core.reconcile_slot_free() && last_pass.elapsed() < period {
+                        // Every call slot still busy (a slow API): nothing could start, so
+                        // no scan; look again shortly.
+                        reconcile.reset_after(RECONCILE_BACKLOG_PASS.min(period));
+                    } else {
+                        backlog = core.reconcile_tick(chrono::Utc::now());
+                        last_pass = tokio::time::Instant::now();
+                        if backlog {
+                            // Due checks wait for a slot: the next pass when one is likely
+                            // free, not a whole tick later.
+                            reconcile.reset_after(RECONCILE_BACKLOG_PASS.min(period));
+                        }
                     }
                 }
                 received = self.consumer.recv() => match received {

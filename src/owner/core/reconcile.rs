@@ -37,13 +37,12 @@ const AUDIT_BATCH: usize = 20;
 type ScheduleCheck = (i32, String, u32, String);
 
 impl Core {
-    /// Looks for runs and schedules that need a check, starts what the budget allows, times
-    /// out what is past its deadline, and updates the oldest-open-run gauge.
-    /// One reconcile pass over the owned runs: starts the checks that are due, within
-    /// `max_in_flight` calls. Returns whether due checks were left for lack of a call slot: the
-    /// caller then runs the next pass sooner than `reconcile.tick` (a burst of final statuses
-    /// waiting for their audit would otherwise be audited at most `max_in_flight` batches per
-    /// tick: 160 runs/s with the defaults, measured as the cap on SUCCEEDED/s of a backlog).
+    /// One reconcile pass: looks for runs and schedules that need a check, starts what the
+    /// budget (`max_in_flight` calls) allows, times out what is past its deadline, and updates
+    /// the oldest-open-run gauge. Returns whether due checks were left for lack of a call slot:
+    /// the caller then runs the next pass when a slot frees instead of a tick later (a burst of
+    /// final statuses waiting for their audit was otherwise audited at most `max_in_flight`
+    /// batches per tick: 160 runs/s with the defaults, measured as the cap on SUCCEEDED/s).
     pub fn reconcile_tick(&mut self, now: DateTime<Utc>) -> bool {
         let (Some(config), Some(reconciler)) = (self.reconcile.clone(), self.reconciler.clone())
         else {
@@ -176,6 +175,13 @@ impl Core {
             );
         }
         left
+    }
+
+    /// Whether a reconcile call could start now.
+    pub fn reconcile_slot_free(&self) -> bool {
+        self.reconcile
+            .as_ref()
+            .is_some_and(|c| self.reconcile_calls < c.max_in_flight)
     }
 
     /// Applies `change` to `run`'s request state (marked to be written), if this instance still
