@@ -2,6 +2,7 @@
 //! the `POST /callbacks/{token}` router and its errors, the operations
 //! endpoints, and [`serve`], which runs any of these routers until shutdown.
 
+pub(crate) mod body;
 mod error;
 mod ops;
 mod router;

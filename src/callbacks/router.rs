@@ -2,6 +2,7 @@
 //! secret, content type, size while reading, JSON, shape, result count), hands its bytes to
 //! the [`CallbackSink`], and answers 200 only once the sink has it (Kafka acknowledged it).
 
+use super::body::{read_limited, BodyError};
 use super::error::CallbackError;
 use crate::intake::CallbackPayload;
 use crate::metrics::Metrics;
@@ -12,9 +13,7 @@ use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use bytes::BytesMut;
 use futures::future::BoxFuture;
-use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,18 +216,13 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), CallbackError> {
     }
 }
 
-/// Reads the body, stopping as soon as it grows past `limit` (chunked bodies declare no size).
-async fn read_limited(body: Body, limit: usize) -> Result<BytesMut, CallbackError> {
-    let mut stream = body.into_data_stream();
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| CallbackError::Unreadable(e.to_string()))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(CallbackError::TooLarge { limit });
+impl From<BodyError> for CallbackError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::Unreadable(reason) => CallbackError::Unreadable(reason),
+            BodyError::TooLarge { limit } => CallbackError::TooLarge { limit },
         }
-        buf.extend_from_slice(&chunk);
     }
-    Ok(buf)
 }
 
 #[cfg(test)]

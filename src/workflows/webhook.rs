@@ -9,6 +9,7 @@
 
 use super::job_name;
 use super::metrics::V3Metrics;
+use crate::callbacks::body::{read_limited, BodyError};
 use crate::callbacks::SinkError;
 use crate::captain::v3_wire::{V3WebhookError, V3WebhookPayload};
 use crate::intake::CallbackIntake;
@@ -21,9 +22,8 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,17 +270,13 @@ async fn handle(
         })
 }
 
-async fn read_limited(body: Body, limit: usize) -> Result<BytesMut, WebhookRefusal> {
-    let mut stream = body.into_data_stream();
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| WebhookRefusal::Unreadable(e.to_string()))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(WebhookRefusal::TooLarge { limit });
+impl From<BodyError> for WebhookRefusal {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::Unreadable(reason) => WebhookRefusal::Unreadable(reason),
+            BodyError::TooLarge { limit } => WebhookRefusal::TooLarge { limit },
         }
-        buf.extend_from_slice(&chunk);
     }
-    Ok(buf)
 }
 
 #[cfg(test)]
