@@ -93,6 +93,9 @@ struct Cli {
     /// Scaling: the intake concurrency used.
     #[arg(long, default_value_t = 64)]
     scaling_concurrency: usize,
+    /// Scaling: measure intake only (no launch backlog), for quick A/B runs.
+    #[arg(long)]
+    scaling_intake_only: bool,
     /// Launch: the paced variant's rate (requests/s).
     #[arg(long, default_value_t = 200.0)]
     launch_rate: f64,
@@ -229,8 +232,10 @@ async fn run_all(cli: &Cli, ctx: &mut Ctx) -> anyhow::Result<()> {
                 vec![10],
             );
             intake::run(ctx, &o).await?;
-            // Throughput only: the paced variant's latency is scenario 3's question.
-            launch::run(ctx, "scaling/launch", n, None).await?;
+            if !cli.scaling_intake_only {
+                // Throughput only: the paced variant's latency is scenario 3's question.
+                launch::run(ctx, "scaling/launch", n, None).await?;
+            }
         }
     }
     if cli.runs(Which::Backlog) {
