@@ -9,13 +9,15 @@
 //! transaction). It drops their state when they are revoked. Nothing here coordinates with
 //! other instances: the group does.
 //!
-//! The loop: records in, job reports in, restores done, commit on the interval; the rebalance
+//! The loop: records in, job reports in, restores done, commit on the interval (paced by how
+//! long the last commit took, see `pacing`); the rebalance
 //! callbacks (run inside the consumer's `recv`) commit what is done before partitions leave.
 
 pub mod control;
 mod core;
 pub mod jobs;
 pub mod live;
+mod pacing;
 pub mod reconcile;
 pub mod restore;
 pub mod v3_jobs;
@@ -31,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::publish::RecordBuilder;
 use crate::telemetry::ErrorChain;
 use jobs::{JobReports, Submitter};
+use pacing::CommitPacing;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -265,6 +268,7 @@ impl PartitionOwner {
     pub async fn run(self, stop: CancellationToken) -> Result<(), OwnerError> {
         let mut tick = tokio::time::interval(self.config.commit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pacing = CommitPacing::new(tokio::time::Instant::now());
         let mut restores: JoinSet<RestoreDone> = JoinSet::new();
         let mut paused: HashSet<TopicPartition> = HashSet::new();
         let mut reconcile =
@@ -283,7 +287,15 @@ impl PartitionOwner {
                 Some(done) = restores.join_next(), if !restores.is_empty() => {
                     self.restored(done, &mut paused).await;
                 }
-                _ = tick.tick() => self.commit(),
+                _ = tick.tick() => {
+                    let started = tokio::time::Instant::now();
+                    if !pacing.due(started) {
+                        // The next commit when the pacing allows it, not a tick later.
+                        tick.reset_at(pacing.not_before());
+                    } else if self.commit() {
+                        pacing.committed(started, tokio::time::Instant::now());
+                    }
+                }
                 _ = reconcile.tick(), if self.reconcile_tick.is_some() => {
                     let mut core = lock(&self.core);
                     let period = reconcile.period();
@@ -453,13 +465,14 @@ impl PartitionOwner {
 
     /// Commits the open transaction; on failure aborts (or replaces the producer) and
     /// restores every partition from Kafka.
-    fn commit(&self) {
+    /// Commits what is done, if anything; returns whether a commit was attempted.
+    fn commit(&self) -> bool {
         let Some(group) = self.consumer.group_metadata() else {
-            return;
+            return false;
         };
         let mut core = lock(&self.core);
         if !core.commit_due() {
-            return;
+            return false;
         }
         let mut attempts = 0;
         let outcome = loop {
@@ -480,6 +493,7 @@ impl PartitionOwner {
                 tracing::error!(error = %ErrorChain(&e), "cannot replace the transactional producer; retrying at the next commit");
             }
         }
+        true
     }
 
     async fn shut_down(self, mut paused: HashSet<TopicPartition>) {
@@ -496,7 +510,7 @@ impl PartitionOwner {
         }
         lock(&self.core).abort_jobs();
         tracing::debug!("owner: final commit");
-        self.commit();
+        let _ = self.commit();
         tracing::debug!("owner: leaving the group");
         // Leaving the group revokes (and commits, nothing left) inside close: off the workers.
         let consumer = self.consumer;
