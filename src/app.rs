@@ -6,6 +6,7 @@
 //! callbacks, flush the producer.
 
 use crate::avro::{Codec, RecordEncoder};
+use crate::callbacks::body::{BodyBudget, BodyLimits};
 use crate::callbacks::{self, CallbackState, Readiness};
 use crate::captain::{AdaptiveLimiter, CaptainClient, ClientConfig, RateMode, RetryPolicy};
 use crate::config::{Settings, RECORD_HEADROOM};
@@ -198,6 +199,9 @@ impl Application {
             false => None,
         };
         let owner = owner.with_reconciler(reconcile, reconciler);
+        // One budget of body bytes in memory for both endpoints.
+        let body_budget = BodyBudget::new(settings.callbacks.max_buffered_bytes)
+            .with_gauge(metrics.callback_body_bytes.clone());
         let webhooks = match (v3, &keys) {
             (Some((_, metrics)), Some(keys)) => Some(crate::workflows::wiring::webhook_state(
                 &settings,
@@ -208,6 +212,7 @@ impl Application {
                     ack_timeout: settings.callbacks.ack_timeout,
                     retry_after: settings.callbacks.retry_after,
                 },
+                body_budget.clone(),
                 metrics,
             )?),
             (Some(_), None) => anyhow::bail!(
@@ -224,7 +229,12 @@ impl Application {
                 ack_timeout: settings.callbacks.ack_timeout,
                 retry_after: settings.callbacks.retry_after,
             }),
-            max_body_bytes: settings.callbacks.max_body_bytes,
+            body: BodyLimits {
+                max_bytes: settings.callbacks.max_body_bytes,
+                timeout: settings.callbacks.body_timeout,
+                budget: body_budget,
+            },
+            retry_after: settings.callbacks.retry_after,
             max_results: settings.callbacks.max_results,
             header_secret,
             metrics: metrics.clone(),

@@ -222,6 +222,14 @@ pub struct CallbackSettings {
     pub header_name: String,
     /// Bodies above this are refused with 413 before being buffered.
     pub max_body_bytes: usize,
+    /// How long a body may take to arrive whole once its headers are in; past it, 408 (a
+    /// stalled or trickling sender cannot hold its buffer forever).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Body bytes the instance holds in memory at once, over every callback and v3 webhook
+    /// being read or waiting for Kafka's acknowledgement; a body that would pass it is
+    /// answered 503 with `Retry-After` (the platform delivers it again).
+    pub max_buffered_bytes: usize,
     /// Most result items one callback may carry (each becomes a record); beyond it, 413.
     pub max_results: usize,
     /// How long a callback waits for Kafka's acknowledgement before answering 503.
@@ -259,6 +267,8 @@ impl Default for CallbackSettings {
             header_secret_file: None,
             header_name: "x-captain-bridge-secret".into(),
             max_body_bytes: 8 * 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 256 * 1024 * 1024,
             max_results: 10_000,
             ack_timeout: Duration::from_secs(10),
             retry_after: Duration::from_secs(5),
@@ -333,7 +343,8 @@ pub const LIVE_MAX_INPUTS: usize = 10_000;
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessingSettings {
     /// How often the open transaction is committed: what a `read_committed` consumer waits
-    /// for at most, beyond the processing itself. Shorter costs the broker more commits.
+    /// for at most, beyond the processing itself. Shorter costs the broker more commits. A
+    /// slow commit spaces the next further (see `owner::pacing`).
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// On a rebalance, how long the submissions in flight of the partitions leaving may take
@@ -665,6 +676,24 @@ impl Settings {
                 ),
             ));
         }
+        if self.callbacks.max_buffered_bytes < self.callbacks.max_body_bytes {
+            return Err(invalid(
+                "callbacks.max_buffered_bytes",
+                format!(
+                    "must be at least callbacks.max_body_bytes ({}): a callback of that size \
+                     could never be read",
+                    self.callbacks.max_body_bytes
+                ),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600))
+            .contains(&self.callbacks.body_timeout)
+        {
+            return Err(invalid(
+                "callbacks.body_timeout",
+                "must be between 1s and 10m",
+            ));
+        }
         if self.callbacks.max_results == 0 {
             return Err(invalid("callbacks.max_results", "must be at least 1"));
         }
@@ -726,6 +755,16 @@ impl Settings {
             return Err(invalid("launch.max_in_flight", "must be at least 1"));
         }
         self.v3.validate().map_err(|e| invalid(&e.key, e.message))?;
+        if self.v3.enabled && self.v3.max_webhook_bytes > self.callbacks.max_buffered_bytes {
+            return Err(invalid(
+                "v3.max_webhook_bytes",
+                format!(
+                    "must not exceed callbacks.max_buffered_bytes ({}): webhooks are read \
+                     within that budget",
+                    self.callbacks.max_buffered_bytes
+                ),
+            ));
+        }
         let live = &self.live;
         if !(1..=LIVE_MAX_INPUTS).contains(&live.max_inputs) {
             return Err(invalid(
@@ -952,6 +991,25 @@ mod tests {
         let f = file("captain:\n  base_url: http://127.0.0.1:1/v4\n", "yaml");
         let s = Settings::load_from(Some(f.path()), with_secrets()).unwrap();
         assert_eq!(s.captain.base_url, "http://127.0.0.1:1/v4");
+    }
+
+    #[test]
+    fn a_body_budget_smaller_than_one_body_or_a_body_timeout_out_of_range_names_the_key() {
+        let f = file(
+            "[callbacks]\nmax_body_bytes = 65536\nmax_buffered_bytes = 65535\n",
+            "toml",
+        );
+        let err = Settings::load_from(Some(f.path()), with_secrets()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("callbacks.max_buffered_bytes:"),
+            "{err}"
+        );
+        let f = file("[callbacks]\nbody_timeout = \"0s\"\n", "toml");
+        let err = Settings::load_from(Some(f.path()), with_secrets()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("callbacks.body_timeout:"),
+            "{err}"
+        );
     }
 
     #[test]

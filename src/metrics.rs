@@ -72,6 +72,9 @@ pub struct Metrics {
     pub callbacks_foreign_run: IntCounter,
     /// Time from a callback's arrival to Kafka's acknowledgement of all its records.
     pub callback_ack_duration: Histogram,
+    /// Callback and v3 webhook body bytes held in memory (being read, or waiting for Kafka's
+    /// acknowledgement), against `callbacks.max_buffered_bytes`.
+    pub callback_body_bytes: IntGauge,
     /// Records acknowledged by Kafka, by topic role (`status`, `results`, `dead_letter`, `state`).
     pub records_produced: IntCounterVec,
     /// Records Kafka failed to take, by topic role.
@@ -273,6 +276,10 @@ impl Metrics {
                 "Callback arrival to Kafka acknowledgement of all its records",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let callback_body_bytes = IntGauge::new(
+            "callback_body_bytes",
+            "Callback and webhook body bytes held in memory (read or awaiting acknowledgement)",
         )?;
         let records_produced = IntCounterVec::new(
             Opts::new(
@@ -491,6 +498,7 @@ impl Metrics {
         registry.register(Box::new(api_duration.clone()))?;
         registry.register(Box::new(callbacks.clone()))?;
         registry.register(Box::new(callback_ack_duration.clone()))?;
+        registry.register(Box::new(callback_body_bytes.clone()))?;
         registry.register(Box::new(records_produced.clone()))?;
         registry.register(Box::new(produce_errors.clone()))?;
         registry.register(Box::new(runs_in_flight.clone()))?;
@@ -525,6 +533,7 @@ impl Metrics {
             api_duration,
             callbacks,
             callback_ack_duration,
+            callback_body_bytes,
             records_produced,
             produce_errors,
             runs_in_flight,

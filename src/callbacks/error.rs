@@ -29,6 +29,9 @@ pub enum CallbackError {
     /// The body could not be read (400).
     #[error("body could not be read: {0}")]
     Unreadable(String),
+    /// The body had not arrived whole within `callbacks.body_timeout` (408).
+    #[error("body not received whole within {}s", after.as_secs())]
+    BodyTimeout { after: Duration },
     /// The body is not JSON or not a valid callback (400).
     #[error(transparent)]
     Malformed(#[from] PayloadError),
@@ -58,6 +61,7 @@ impl CallbackError {
             CallbackError::BadToken(_) | CallbackError::BadHeaderSecret => StatusCode::UNAUTHORIZED,
             CallbackError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             CallbackError::Unreadable(_) | CallbackError::Malformed(_) => StatusCode::BAD_REQUEST,
+            CallbackError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             CallbackError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             CallbackError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -71,6 +75,7 @@ impl CallbackError {
             CallbackError::BadToken(_) | CallbackError::BadHeaderSecret => "unauthorized",
             CallbackError::UnsupportedMediaType(_) => "unsupported_media_type",
             CallbackError::Unreadable(_) | CallbackError::Malformed(_) => "malformed",
+            CallbackError::BodyTimeout { .. } => "body_timeout",
             CallbackError::Rejected { .. } => "rejected",
             CallbackError::Unavailable { .. } => "unavailable",
         }
@@ -83,6 +88,7 @@ impl CallbackError {
             CallbackError::BadToken(_) | CallbackError::BadHeaderSecret => "unauthorized",
             CallbackError::UnsupportedMediaType(_)
             | CallbackError::Unreadable(_)
+            | CallbackError::BodyTimeout { .. }
             | CallbackError::Malformed(_)
             | CallbackError::Rejected { .. } => "malformed",
             CallbackError::Unavailable { .. } => "unavailable",

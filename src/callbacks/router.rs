@@ -2,7 +2,7 @@
 //! secret, content type, size while reading, JSON, shape, result count), hands its bytes to
 //! the [`CallbackSink`], and answers 200 only once the sink has it (Kafka acknowledged it).
 
-use super::body::{read_limited, BodyError};
+use super::body::{read_limited, BodyError, BodyLimits};
 use super::error::CallbackError;
 use crate::intake::CallbackPayload;
 use crate::metrics::Metrics;
@@ -69,8 +69,11 @@ pub trait CallbackSink: Send + Sync + 'static {
 pub struct CallbackState {
     pub keys: Arc<TokenKeys>,
     pub sink: Arc<dyn CallbackSink>,
-    /// Largest accepted body, checked before buffering.
-    pub max_body_bytes: usize,
+    /// Largest accepted body (checked before buffering), its time to arrive, and the
+    /// instance's budget of body bytes in memory.
+    pub body: BodyLimits,
+    /// `Retry-After` when the budget is full.
+    pub retry_after: Duration,
     /// Most result items one callback may carry (each becomes a record).
     pub max_results: usize,
     /// Optional second check: this header (set through `callback.headers`) must hold the secret.
@@ -147,7 +150,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<SinkAck, CallbackError> {
-    let limit = state.max_body_bytes;
+    let limit = state.body.max_bytes;
     // A declared length over the limit is refused before a byte of the body is read.
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -168,7 +171,12 @@ async fn handle(
         }
     }
     check_content_type(headers)?;
-    let bytes = read_limited(body, limit).await?.freeze();
+    // Held until the answer: the body's share of the budget, while its record is in flight.
+    let (bytes, _budget_share) = read_limited(body, &state.body)
+        .await
+        .map_err(|e| body_refusal(e, state.retry_after))?
+        .into_parts();
+    let bytes = bytes.freeze();
     let results = {
         let payload = CallbackPayload::parse(&bytes)?;
         span.record("run_uid", payload.run.run_uid);
@@ -216,12 +224,17 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), CallbackError> {
     }
 }
 
-impl From<BodyError> for CallbackError {
-    fn from(e: BodyError) -> Self {
-        match e {
-            BodyError::Unreadable(reason) => CallbackError::Unreadable(reason),
-            BodyError::TooLarge { limit } => CallbackError::TooLarge { limit },
-        }
+fn body_refusal(e: BodyError, retry_after: Duration) -> CallbackError {
+    match e {
+        BodyError::Unreadable(reason) => CallbackError::Unreadable(reason),
+        BodyError::TooLarge { limit } => CallbackError::TooLarge { limit },
+        BodyError::TimedOut { after } => CallbackError::BodyTimeout { after },
+        BodyError::OverBudget { budget } => CallbackError::Unavailable {
+            retry_after,
+            reason: format!(
+                "callback bodies in memory would pass callbacks.max_buffered_bytes ({budget})"
+            ),
+        },
     }
 }
 
@@ -229,7 +242,9 @@ impl From<BodyError> for CallbackError {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::callbacks::body::BodyBudget;
     use axum::http::{Request, StatusCode};
+    use futures::StreamExt;
     use secrecy::SecretSlice;
     use serde_json::{json, Value};
     use std::sync::Mutex;
@@ -269,6 +284,10 @@ mod tests {
     }
 
     fn fixture(header_secret: Option<&str>) -> Fixture {
+        fixture_with_budget(header_secret, BodyBudget::new(1 << 20))
+    }
+
+    fn fixture_with_budget(header_secret: Option<&str>, budget: BodyBudget) -> Fixture {
         let keys = Arc::new(
             TokenKeys::new(vec![("k1".into(), SecretSlice::from(vec![7u8; 32]))], "k1").unwrap(),
         );
@@ -277,7 +296,12 @@ mod tests {
         let router = callback_router(CallbackState {
             keys: keys.clone(),
             sink: sink.clone(),
-            max_body_bytes: LIMIT,
+            body: BodyLimits {
+                max_bytes: LIMIT,
+                timeout: Duration::from_secs(30),
+                budget,
+            },
+            retry_after: Duration::from_secs(5),
             max_results: 3,
             header_secret: header_secret
                 .map(|s| (HeaderName::from_static("x-bridge-secret"), s.into())),
@@ -374,6 +398,43 @@ mod tests {
         drop(calls);
         assert_eq!(f.outcome("accepted"), 1);
         assert_eq!(f.metrics.callback_ack_duration.get_sample_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_callback_past_the_instances_body_budget_is_deferred_with_retry_after() {
+        // A budget smaller than the callback: as if other bodies held the rest.
+        let budget = BodyBudget::new(64);
+        let f = fixture_with_budget(None, budget.clone());
+
+        let (status, headers, body) = f.post_json(callback()).await;
+
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"], "unavailable");
+        assert_eq!(headers[header::RETRY_AFTER], "5");
+        assert_eq!(f.calls(), 0);
+        assert_eq!(f.outcome("unavailable"), 1);
+        assert_eq!(
+            budget.available(),
+            64,
+            "the refused body gave its share back"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_is_answered_408_after_the_body_timeout() {
+        let budget = BodyBudget::new(1 << 20);
+        let f = fixture_with_budget(None, budget.clone());
+        let first_half = bytes::Bytes::from(callback().to_string()[..20].to_owned());
+        let stalled = futures::stream::iter([Ok::<_, std::io::Error>(first_half)])
+            .chain(futures::stream::pending());
+
+        let (status, _, body) = f.post(&f.token(), Body::from_stream(stalled), &[]).await;
+
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(body["error"], "body_timeout");
+        assert_eq!(f.calls(), 0);
+        assert_eq!(f.outcome("malformed"), 1);
+        assert_eq!(budget.available(), 1 << 20);
     }
 
     #[tokio::test]

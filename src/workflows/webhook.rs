@@ -9,7 +9,7 @@
 
 use super::job_name;
 use super::metrics::V3Metrics;
-use crate::callbacks::body::{read_limited, BodyError};
+use crate::callbacks::body::{read_limited, BodyError, BodyLimits};
 use crate::callbacks::SinkError;
 use crate::captain::v3_wire::{V3WebhookError, V3WebhookPayload};
 use crate::intake::CallbackIntake;
@@ -75,7 +75,10 @@ pub struct WebhookState {
     pub secrets: Arc<[SecretString]>,
     /// Webhooks of other projects are refused.
     pub project_uid: Arc<str>,
-    pub max_body_bytes: usize,
+    /// Largest body, its time to arrive, and the instance's budget (shared with callbacks).
+    pub body: BodyLimits,
+    /// `Retry-After` when the budget is full.
+    pub retry_after: Duration,
     pub metrics: V3Metrics,
 }
 
@@ -97,6 +100,8 @@ pub enum WebhookRefusal {
     UnsupportedMediaType(String),
     #[error("body could not be read: {0}")]
     Unreadable(String),
+    #[error("body not received whole within {}s", after.as_secs())]
+    BodyTimeout { after: Duration },
     /// Not JSON (400) or not the documented payload (422).
     #[error(transparent)]
     Payload(V3WebhookError),
@@ -121,6 +126,7 @@ impl WebhookRefusal {
             WebhookRefusal::Unreadable(_) | WebhookRefusal::Payload(V3WebhookError::Json(_)) => {
                 StatusCode::BAD_REQUEST
             }
+            WebhookRefusal::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             WebhookRefusal::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
             WebhookRefusal::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -133,6 +139,7 @@ impl WebhookRefusal {
             WebhookRefusal::Payload(V3WebhookError::OtherProject { .. }) => "other_project",
             WebhookRefusal::UnsupportedMediaType(_)
             | WebhookRefusal::Unreadable(_)
+            | WebhookRefusal::BodyTimeout { .. }
             | WebhookRefusal::Payload(_) => "malformed",
             WebhookRefusal::Unavailable { .. } => "unavailable",
         }
@@ -207,7 +214,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, WebhookRefusal> {
-    let limit = state.max_body_bytes;
+    let limit = state.body.max_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -231,7 +238,12 @@ async fn handle(
             return Err(WebhookRefusal::UnsupportedMediaType(text.to_owned()));
         }
     }
-    let bytes = read_limited(body, limit).await?.freeze();
+    // Held until the answer: the body's share of the budget, while its record is in flight.
+    let (bytes, _budget_share) = read_limited(body, &state.body)
+        .await
+        .map_err(|e| body_refusal(e, state.retry_after))?
+        .into_parts();
+    let bytes = bytes.freeze();
     let payload = V3WebhookPayload::from_slice(&bytes).map_err(WebhookRefusal::Payload)?;
     payload
         .check_project(&state.project_uid)
@@ -270,12 +282,15 @@ async fn handle(
         })
 }
 
-impl From<BodyError> for WebhookRefusal {
-    fn from(e: BodyError) -> Self {
-        match e {
-            BodyError::Unreadable(reason) => WebhookRefusal::Unreadable(reason),
-            BodyError::TooLarge { limit } => WebhookRefusal::TooLarge { limit },
-        }
+fn body_refusal(e: BodyError, retry_after: Duration) -> WebhookRefusal {
+    match e {
+        BodyError::Unreadable(reason) => WebhookRefusal::Unreadable(reason),
+        BodyError::TooLarge { limit } => WebhookRefusal::TooLarge { limit },
+        BodyError::TimedOut { after } => WebhookRefusal::BodyTimeout { after },
+        BodyError::OverBudget { budget } => WebhookRefusal::Unavailable {
+            retry_after,
+            reason: format!("bodies in memory would pass callbacks.max_buffered_bytes ({budget})"),
+        },
     }
 }
 
@@ -339,7 +354,12 @@ mod tests {
             ]
             .into(),
             project_uid: "proj-1".into(),
-            max_body_bytes: 2048,
+            body: BodyLimits {
+                max_bytes: 2048,
+                timeout: Duration::from_secs(30),
+                budget: crate::callbacks::body::BodyBudget::new(1 << 20),
+            },
+            retry_after: Duration::from_secs(5),
             metrics: V3Metrics::new(&Metrics::new().unwrap()).unwrap(),
         }
     }

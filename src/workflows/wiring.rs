@@ -4,6 +4,7 @@
 
 use super::metrics::V3Metrics;
 use super::webhook::{webhook_router, WebhookState};
+use crate::callbacks::body::{BodyBudget, BodyLimits};
 use crate::captain::v3::{V3Client, V3ClientConfig};
 use crate::captain::{AdaptiveLimiter, RetryPolicy};
 use crate::config::Settings;
@@ -63,11 +64,12 @@ pub fn build(
 }
 
 /// The webhook endpoint's state: the same token keys as callbacks (they verify the job
-/// name's token) and the same durable intake.
+/// name's token), the same durable intake and the same budget of body bytes in memory.
 pub fn webhook_state(
     settings: &Settings,
     keys: Arc<TokenKeys>,
     intake: CallbackIntake,
+    budget: BodyBudget,
     metrics: V3Metrics,
 ) -> anyhow::Result<WebhookState> {
     let v3 = &settings.v3;
@@ -79,7 +81,12 @@ pub fn webhook_state(
         header_name,
         secrets: v3.secrets.webhook_secrets.clone().into(),
         project_uid: v3.project_uid.as_str().into(),
-        max_body_bytes: v3.max_webhook_bytes,
+        body: BodyLimits {
+            max_bytes: v3.max_webhook_bytes,
+            timeout: settings.callbacks.body_timeout,
+            budget,
+        },
+        retry_after: settings.callbacks.retry_after,
         metrics,
     })
 }

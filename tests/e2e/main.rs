@@ -26,6 +26,7 @@ mod reconcile;
 mod repeated_crash;
 mod scaling;
 mod secured;
+mod slow_callbacks;
 mod v3;
 
 pub use captain_bridge::config::Settings;
