@@ -4,7 +4,7 @@
 //! state in place and return what to publish; the partition owner turns that into records in
 //! one Kafka transaction. Nothing here touches Kafka, HTTP or the clock.
 
-use super::records::{RunState, RunStatusEvent, StatusError, StatusSource};
+use super::records::{ChunkState, RunState, RunStatusEvent, StatusError, StatusSource};
 use super::request::Mode;
 use super::status::{transition, RunStatus, Transition};
 use chrono::{DateTime, Utc};
@@ -38,6 +38,23 @@ pub fn plan_launch(state: Option<&RunState>, chunk_count: usize) -> LaunchPlan {
     } else {
         LaunchPlan::Submit(pending)
     }
+}
+
+/// Gives a state created by a callback before its request was read (a new owner reading the
+/// callbacks partition ahead of the requests partition: the state then knows only the run)
+/// the request's facts, so that its status events carry the action and metadata like any
+/// other. A state that has them is left as it is.
+pub fn adopt_request(state: &mut RunState, info: &RequestInfo, chunk_count: usize) {
+    if !state.action.is_empty() {
+        return;
+    }
+    state.action.clone_from(&info.action);
+    state.mode = info.mode;
+    state.metadata.clone_from(&info.metadata);
+    for index in 0..chunk_count {
+        state.chunk_mut(u32::try_from(index).unwrap_or(u32::MAX));
+    }
+    state.chunks.sort_by_key(|c| c.index);
 }
 
 /// The request-level facts every status event repeats.
@@ -120,6 +137,9 @@ pub fn apply_submission(
 ) -> Effects {
     state.updated_at = now;
     let chunk = state.chunk_mut(index);
+    if superseded(chunk, info.mode, &outcome) {
+        return Effects::default();
+    }
     let mut event = info.event(index, RunStatus::Created, StatusSource::Submit, now);
     match outcome {
         Submission::Run { run_uid } => {
@@ -163,6 +183,26 @@ pub fn apply_submission(
                 open_runs: 0,
             }
         }
+    }
+}
+
+/// Whether a submission outcome comes too late for `chunk`: an async chunk already bound to
+/// another run (a later owner's submission of the same request, committed while this one's
+/// transaction was aborted, or a run proven by its callbacks), a schedule chunk bound to
+/// another schedule, or a failure for a chunk whose submission is proven. Applying it would
+/// swap the run whose callbacks flow for one whose callbacks are refused as foreign, and the
+/// request would never end. The superseded run is a second run at the API, as any
+/// resubmission.
+fn superseded(chunk: &ChunkState, mode: Mode, outcome: &Submission) -> bool {
+    match outcome {
+        Submission::Run { run_uid } => {
+            mode == Mode::Async && chunk.run_uid.as_ref().is_some_and(|known| known != run_uid)
+        }
+        Submission::Schedule { schedule_uid } => chunk
+            .schedule_uid
+            .as_ref()
+            .is_some_and(|known| known != schedule_uid),
+        Submission::Failed(_) => chunk.submitted,
     }
 }
 
@@ -407,6 +447,83 @@ mod tests {
         let late = apply_submission(&mut s, &info(), 0, run("u1"), now());
         assert_eq!(late, Effects::default());
         assert_eq!(s.chunks[0].runs["u1"].status, Some(RunStatus::Running));
+    }
+
+    #[test]
+    fn a_late_outcome_for_another_run_does_not_replace_the_chunks_run() {
+        // The zombie's submission (u1) replayed after its aborted transaction, once the
+        // next owner's run (u2) is committed and calling back.
+        let mut s = state(1);
+        apply_submission(&mut s, &info(), 0, run("u2"), now());
+        apply_callback(
+            &mut s,
+            &callback(0, "u2", "b1", RunStatus::Running),
+            8,
+            false,
+            now(),
+        );
+
+        let late = apply_submission(&mut s, &info(), 0, run("u1"), now());
+
+        assert_eq!(late, Effects::default());
+        assert_eq!(s.chunks[0].run_uid.as_deref(), Some("u2"));
+        assert!(!s.chunks[0].runs.contains_key("u1"));
+        assert!(callback_belongs(&s, 0, "u2").is_ok(), "u2 still calls back");
+        assert!(callback_belongs(&s, 0, "u1").is_err());
+    }
+
+    #[test]
+    fn a_state_created_by_a_callback_takes_the_requests_facts_and_keeps_its_run() {
+        let mut s = RunState::new("r", "", Mode::Async, BTreeMap::new(), 0);
+        apply_callback(
+            &mut s,
+            &callback(1, "u1", "b1", RunStatus::Running),
+            8,
+            false,
+            now(),
+        );
+
+        adopt_request(&mut s, &info(), 2);
+
+        assert_eq!(RequestInfo::of(&s), info());
+        assert_eq!(s.chunks.iter().map(|c| c.index).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(s.chunks[1].run_uid.as_deref(), Some("u1"));
+        assert_eq!(plan_launch(Some(&s), 2), LaunchPlan::Submit(vec![0]));
+        // A state with its facts is left alone.
+        let before = s.clone();
+        adopt_request(
+            &mut s,
+            &RequestInfo {
+                action: "other".into(),
+                ..info()
+            },
+            3,
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_late_failure_does_not_mark_a_proven_submission_failed() {
+        let mut s = state(1);
+        apply_callback(
+            &mut s,
+            &callback(0, "u1", "b1", RunStatus::Running),
+            8,
+            false,
+            now(),
+        );
+        let error = StatusError {
+            label: None,
+            scope: None,
+            message: "timed out".into(),
+            http_status: None,
+        };
+
+        let late = apply_submission(&mut s, &info(), 0, Submission::Failed(error), now());
+
+        assert_eq!(late, Effects::default());
+        assert_eq!(s.chunks[0].status, None);
+        assert_eq!(plan_launch(Some(&s), 1), LaunchPlan::AlreadySubmitted);
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub mod workflow;
 
 pub use admission::Admission;
 pub use decide::{
-    apply_callback, apply_submission, plan_launch, CallbackEffects, CallbackFacts, Effects,
-    LaunchPlan, RequestInfo, Submission,
+    adopt_request, apply_callback, apply_submission, plan_launch, CallbackEffects, CallbackFacts,
+    Effects, LaunchPlan, RequestInfo, Submission,
 };
 pub use live::{LiveIds, LivePageFacts, LivePlan, LiveStart, LiveState};
 pub use records::{

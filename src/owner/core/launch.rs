@@ -4,7 +4,9 @@
 
 use super::{Core, Job};
 use crate::domain::request::{self, derived_request_id, Mode};
-use crate::domain::{apply_submission, plan_launch, LaunchPlan, RequestInfo, RunState, Submission};
+use crate::domain::{
+    adopt_request, apply_submission, plan_launch, LaunchPlan, RequestInfo, RunState, Submission,
+};
 use crate::kafka::InboundRecord;
 use crate::owner::jobs::JobMessage;
 use chrono::Utc;
@@ -42,6 +44,15 @@ impl Core {
         let Some(owned) = self.owned.get_mut(&p) else {
             return;
         };
+        let info = RequestInfo {
+            request_id: request.request_id.clone(),
+            action: request.action.clone(),
+            mode: request.mode,
+            metadata: request.metadata.clone(),
+        };
+        if let Some(state) = owned.runs.get_mut(&request.request_id) {
+            adopt_request(state, &info, chunk_count);
+        }
         match plan_launch(owned.runs.get(&request.request_id), chunk_count) {
             LaunchPlan::AlreadySubmitted => {
                 tracing::info!(request_id = %request.request_id, "request already submitted; not submitting again");
@@ -53,12 +64,6 @@ impl Core {
                 self.complete(&topic, p, offset);
             }
             LaunchPlan::Submit(chunks) => {
-                let info = RequestInfo {
-                    request_id: request.request_id.clone(),
-                    action: request.action.clone(),
-                    mode: request.mode,
-                    metadata: request.metadata.clone(),
-                };
                 owned
                     .runs
                     .entry(request.request_id.clone())
