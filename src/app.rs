@@ -144,7 +144,12 @@ impl Application {
             },
             v3: v3.as_ref().map(|(jobs, _)| jobs.clone()),
         });
-        let instance = uuid::Uuid::new_v4().simple().to_string();
+        // The transactional ids' suffix: stable if configured, so that a restarted instance
+        // fences its predecessor's open transaction at start-up.
+        let instance = k
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let router = LaunchRouter::new(
             RouterConfig {
                 bootstrap: k.bootstrap_servers.clone(),

@@ -89,9 +89,17 @@ pub struct KafkaSettings {
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
     /// `transaction.timeout.ms`: how long a transaction may stay open. After a crash, the new
-    /// owner of a partition waits at most this long for the dead instance's open transaction.
+    /// owner of a partition waits for the dead instance's open transaction: this long, plus up
+    /// to the broker's `transaction.abort.timed.out.transaction.cleanup.interval.ms` (10 s by
+    /// default), unless `instance_id` lets the restarted instance fence it at once.
     #[serde(with = "humantime_serde")]
     pub transaction_timeout: Duration,
+    /// A stable name for this instance, unique among the running ones (e.g. the pod's name):
+    /// its transactional ids derive from it, so the instance restarted after a crash aborts its
+    /// predecessor's open transaction at start-up and `read_committed` readers do not wait out
+    /// `transaction_timeout`. Unset: a random name per start. Two running instances with the
+    /// same name fence each other.
+    pub instance_id: Option<String>,
     /// Largest record the bridge writes to (and creates) its internal topics: a callback body
     /// or a launch request. Internal topics get it as `max.message.bytes`.
     pub max_record_bytes: usize,
@@ -117,6 +125,7 @@ impl Default for KafkaSettings {
             delivery_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
             transaction_timeout: Duration::from_secs(15),
+            instance_id: None,
             max_record_bytes: 10 * 1024 * 1024,
             statistics_interval: Duration::from_secs(15),
             properties: BTreeMap::new(),
@@ -676,6 +685,15 @@ impl Settings {
                 ),
             ));
         }
+        if let Some(id) = &self.kafka.instance_id {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if id.is_empty() || id.len() > 100 || !id.chars().all(allowed) {
+                return Err(invalid(
+                    "kafka.instance_id",
+                    "must be 1 to 100 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
+                ));
+            }
+        }
         if self.callbacks.max_buffered_bytes < self.callbacks.max_body_bytes {
             return Err(invalid(
                 "callbacks.max_buffered_bytes",
@@ -991,6 +1009,22 @@ mod tests {
         let f = file("captain:\n  base_url: http://127.0.0.1:1/v4\n", "yaml");
         let s = Settings::load_from(Some(f.path()), with_secrets()).unwrap();
         assert_eq!(s.captain.base_url, "http://127.0.0.1:1/v4");
+    }
+
+    #[test]
+    fn an_instance_id_that_cannot_name_a_transactional_id_is_refused_naming_the_key() {
+        let f = file("[kafka]\ninstance_id = \"pod 1/a\"\n", "toml");
+        let err = Settings::load_from(Some(f.path()), with_secrets()).unwrap_err();
+        assert!(err.to_string().starts_with("kafka.instance_id:"), "{err}");
+        let f = file(
+            "[kafka]\ninstance_id = \"captain-bridge-7d9f-x2k.1\"\n",
+            "toml",
+        );
+        let s = Settings::load_from(Some(f.path()), with_secrets()).unwrap();
+        assert_eq!(
+            s.kafka.instance_id.as_deref(),
+            Some("captain-bridge-7d9f-x2k.1")
+        );
     }
 
     #[test]

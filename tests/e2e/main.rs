@@ -153,6 +153,10 @@ pub fn bridge_settings(
 ) -> Settings {
     let mut settings = captain_testkit::bridge_settings(bootstrap, &sim.api_base());
     topics.apply(&mut settings);
+    // Stable across the process's restarts, unique per bridge: a bridge restarted after
+    // `kill -9` fences its predecessor's open transaction at start-up, as in production with
+    // the pod name.
+    settings.kafka.instance_id = Some(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
     configure(&mut settings);
     settings
 }
