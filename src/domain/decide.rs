@@ -43,10 +43,10 @@ pub fn plan_launch(state: Option<&RunState>, chunk_count: usize) -> LaunchPlan {
 /// Gives a state created by a callback before its request was read (a new owner reading the
 /// callbacks partition ahead of the requests partition: the state then knows only the run)
 /// the request's facts, so that its status events carry the action and metadata like any
-/// other. A state that has them is left as it is.
-pub fn adopt_request(state: &mut RunState, info: &RequestInfo, chunk_count: usize) {
+/// other. A state that has them is left as it is. Returns whether the state changed.
+pub fn adopt_request(state: &mut RunState, info: &RequestInfo, chunk_count: usize) -> bool {
     if !state.action.is_empty() {
-        return;
+        return false;
     }
     state.action.clone_from(&info.action);
     state.mode = info.mode;
@@ -55,6 +55,7 @@ pub fn adopt_request(state: &mut RunState, info: &RequestInfo, chunk_count: usiz
         state.chunk_mut(u32::try_from(index).unwrap_or(u32::MAX));
     }
     state.chunks.sort_by_key(|c| c.index);
+    true
 }
 
 /// The request-level facts every status event repeats.
@@ -483,7 +484,7 @@ mod tests {
             now(),
         );
 
-        adopt_request(&mut s, &info(), 2);
+        assert!(adopt_request(&mut s, &info(), 2));
 
         assert_eq!(RequestInfo::of(&s), info());
         assert_eq!(s.chunks.iter().map(|c| c.index).collect::<Vec<_>>(), [0, 1]);
@@ -491,7 +492,7 @@ mod tests {
         assert_eq!(plan_launch(Some(&s), 2), LaunchPlan::Submit(vec![0]));
         // A state with its facts is left alone.
         let before = s.clone();
-        adopt_request(
+        let changed = adopt_request(
             &mut s,
             &RequestInfo {
                 action: "other".into(),
@@ -499,6 +500,7 @@ mod tests {
             },
             3,
         );
+        assert!(!changed);
         assert_eq!(s, before);
     }
 

@@ -51,7 +51,9 @@ impl Core {
             metadata: request.metadata.clone(),
         };
         if let Some(state) = owned.runs.get_mut(&request.request_id) {
-            adopt_request(state, &info, chunk_count);
+            if adopt_request(state, &info, chunk_count) {
+                self.dirty.insert((p, request.request_id.clone()));
+            }
         }
         match plan_launch(owned.runs.get(&request.request_id), chunk_count) {
             LaunchPlan::AlreadySubmitted => {
