@@ -349,6 +349,17 @@ mod tests {
         RunState::new(&i.request_id, &i.action, i.mode, i.metadata, chunks)
     }
 
+    /// A RUNNING callback of `run_uid` (batch `b1`) for `chunk`, its effects left aside.
+    fn called_back_running(s: &mut RunState, chunk: u32, run_uid: &str) {
+        apply_callback(
+            s,
+            &callback(chunk, run_uid, "b1", RunStatus::Running),
+            8,
+            false,
+            now(),
+        );
+    }
+
     fn now() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
     }
@@ -438,13 +449,7 @@ mod tests {
     #[test]
     fn a_stale_created_is_not_published_after_a_callback_moved_the_run_on() {
         let mut s = state(1);
-        apply_callback(
-            &mut s,
-            &callback(0, "u1", "b1", RunStatus::Running),
-            8,
-            false,
-            now(),
-        );
+        called_back_running(&mut s, 0, "u1");
         let late = apply_submission(&mut s, &info(), 0, run("u1"), now());
         assert_eq!(late, Effects::default());
         assert_eq!(s.chunks[0].runs["u1"].status, Some(RunStatus::Running));
@@ -456,13 +461,7 @@ mod tests {
         // next owner's run (u2) is committed and calling back.
         let mut s = state(1);
         apply_submission(&mut s, &info(), 0, run("u2"), now());
-        apply_callback(
-            &mut s,
-            &callback(0, "u2", "b1", RunStatus::Running),
-            8,
-            false,
-            now(),
-        );
+        called_back_running(&mut s, 0, "u2");
 
         let late = apply_submission(&mut s, &info(), 0, run("u1"), now());
 
@@ -476,13 +475,7 @@ mod tests {
     #[test]
     fn a_state_created_by_a_callback_takes_the_requests_facts_and_keeps_its_run() {
         let mut s = RunState::new("r", "", Mode::Async, BTreeMap::new(), 0);
-        apply_callback(
-            &mut s,
-            &callback(1, "u1", "b1", RunStatus::Running),
-            8,
-            false,
-            now(),
-        );
+        called_back_running(&mut s, 1, "u1");
 
         assert!(adopt_request(&mut s, &info(), 2));
 
@@ -507,13 +500,7 @@ mod tests {
     #[test]
     fn a_late_failure_does_not_mark_a_proven_submission_failed() {
         let mut s = state(1);
-        apply_callback(
-            &mut s,
-            &callback(0, "u1", "b1", RunStatus::Running),
-            8,
-            false,
-            now(),
-        );
+        called_back_running(&mut s, 0, "u1");
         let error = StatusError {
             label: None,
             scope: None,
@@ -618,13 +605,7 @@ mod tests {
     #[test]
     fn a_callback_proves_its_chunk_was_submitted_even_without_the_submit_answer() {
         let mut s = state(2);
-        apply_callback(
-            &mut s,
-            &callback(1, "u2", "b1", RunStatus::Running),
-            8,
-            false,
-            now(),
-        );
+        called_back_running(&mut s, 1, "u2");
         assert!(s.chunks[1].submitted);
         assert_eq!(s.chunks[1].run_uid.as_deref(), Some("u2"));
         assert_eq!(plan_launch(Some(&s), 2), LaunchPlan::Submit(vec![0]));
